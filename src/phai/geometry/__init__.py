@@ -1,0 +1,32 @@
+"""Geometry: displacements, cutoffs and neighbor lists, for padded flat atom sets.
+
+Conventions (shared by every descriptor in phai):
+
+* A system is a flat set of ``N`` atom slots ``R [N, 3]`` (Å); several molecules in one
+  call are disjoint groups of slots, and padding slots are masked, never given a species.
+* A neighbor list is a dense index array ``idx [N, K]`` (jax-md's ``Dense`` format): row
+  ``i`` lists the neighbors of atom ``i`` and unused slots hold the sentinel ``N``.
+* Vectors point from the centre atom to the neighbor: ``dR[i, k] = R[idx[i, k]] - R[i]``,
+  through a jax-md displacement function (free space by default; periodic spaces give
+  the minimum image).
+"""
+
+from .cutoff import cosine_cutoff
+from .neighbors import (
+    NeighborLists,
+    dense_from_pairs,
+    host_neighbor_lists,
+    neighbor_pairs,
+)
+from .pairs import neighbor_vectors, num_slot_pairs, triu_slot_pairs
+
+__all__ = [
+    "cosine_cutoff",
+    "NeighborLists",
+    "dense_from_pairs",
+    "host_neighbor_lists",
+    "neighbor_pairs",
+    "neighbor_vectors",
+    "triu_slot_pairs",
+    "num_slot_pairs",
+]

@@ -1,0 +1,288 @@
+"""User-facing potentials: validation, packing, jitted evaluation, units.
+
+:func:`phai.load` returns an :class:`ANIPotential`. Inputs are atomic numbers (or symbols)
+and positions in Å; outputs are eV, eV/Å and eV/Å². Every call validates its input on the
+host first (elements, shapes, finiteness, overlapping atoms, charge), then packs it into a
+size bucket so that compiled functions are reused across sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Iterable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .batching import Packed, pack
+from .descriptors.aev import AEVParams, aev as aev_fn
+from .errors import InputError
+from .models.ani import ani_member_energies, params_from_arrays
+from .structures import SYMBOLS, as_structure_list, validate_structure
+from .units import HARTREE_TO_EV
+
+PRECISIONS = ("float32", "float64")
+
+
+class Result(NamedTuple):
+    """Properties of one structure.
+
+    Attributes:
+      energy: ensemble-mean energy (eV), self energies included.
+      forces: ``[A, 3]`` eV/Å (``None`` if not requested).
+      energy_std: standard deviation of the member energies (eV, Bessel-corrected, as
+        TorchANI's ``energies_qbcs``); the query-by-committee signal.
+      member_energies: ``[M]`` energies of the members (eV).
+    """
+
+    energy: float
+    forces: np.ndarray | None
+    energy_std: float
+    member_energies: np.ndarray
+
+    @property
+    def qbc(self) -> float:
+        """``energy_std / sqrt(A)`` (eV), the per-atom-normalised committee disagreement."""
+        n = len(self.forces) if self.forces is not None else None
+        if n is None:
+            raise ValueError("qbc needs the atom count; evaluate with forces=True or use energy_std")
+        return self.energy_std / np.sqrt(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class ANIConfig:
+    """Static description of an ANI ensemble."""
+
+    name: str
+    description: str
+    aev: AEVParams
+    activations: dict
+    members: int
+
+    def __hash__(self):
+        return hash((self.name, self.aev, self.members))
+
+
+class ANIPotential:
+    """An ANI ensemble ready to evaluate (energies, forces, uncertainty, Hessians).
+
+    Args:
+      params: ``{symbol: [{"W": [M, in, out], "b": [M, out]}, ...]}`` (Hartree).
+      sae: ``[S]`` self atomic energies (Hartree), in species order.
+      config: :class:`ANIConfig`.
+      precision: ``"float32"`` (default, fast) or ``"float64"`` (parity, Hessians,
+        optimisation). float64 runs inside ``jax.enable_x64(True)`` for the duration of
+        each call only; nothing global is changed.
+    """
+
+    def __init__(self, params, sae: np.ndarray, config: ANIConfig, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.params = params
+        self.sae = np.asarray(sae, dtype=np.float64)
+        self.config = config
+        self.precision = precision
+        self.traces = 0
+        z = [SYMBOLS.index(s) for s in config.aev.species]
+        self.atomic_numbers = tuple(z)
+        self._species_of_z = np.full(len(SYMBOLS), -1, dtype=np.int32)
+        self._species_of_z[z] = np.arange(len(z), dtype=np.int32)
+        self._energy_jit = jax.jit(self._member_energies, static_argnames=("num_molecules", "num_pairs"))
+        self._forces_jit = jax.jit(self._energies_and_forces, static_argnames=("num_molecules", "num_pairs"))
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def members(self) -> int:
+        return self.config.members
+
+    @property
+    def species(self) -> tuple[str, ...]:
+        return self.config.aev.species
+
+    @property
+    def cutoff(self) -> float:
+        return self.config.aev.Rcr
+
+    def with_precision(self, precision: str) -> "ANIPotential":
+        """The same model at another precision (shares the weights)."""
+        return ANIPotential(self.params, self.sae, self.config, precision)
+
+    def __repr__(self):
+        return (f"ANIPotential({self.name!r}, members={self.members}, species={''.join(self.species)}, "
+                f"precision={self.precision!r})")
+
+    # ------------------------------------------------------------------ jitted kernels
+    @property
+    def _dtype(self):
+        return jnp.float64 if self.precision == "float64" else jnp.float32
+
+    def _context(self):
+        return jax.enable_x64(True) if self.precision == "float64" else contextlib.nullcontext()
+
+    def _member_energies(self, params, R, species, atom_mask, mol_index, nbr_r, nbr_a, species_atoms,
+                         num_molecules, num_pairs):
+        self.traces += 1  # runs once per compilation
+        return ani_member_energies(params, self.config.aev, self.config.activations, R, species, atom_mask,
+                                   mol_index, nbr_r, nbr_a, species_atoms, num_molecules, num_pairs)
+
+    def _energies_and_forces(self, params, R, *args, num_molecules, num_pairs):
+        def total(R_):
+            e = self._member_energies(params, R_, *args, num_molecules=num_molecules, num_pairs=num_pairs)
+            return jnp.sum(jnp.mean(e, axis=0)), e
+
+        grad, e = jax.grad(total, has_aux=True)(R)
+        return e, -grad
+
+    def _cast_params(self):
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params)
+
+    # ------------------------------------------------------------------ host side
+    def species_indices(self, numbers: np.ndarray) -> np.ndarray:
+        """Model species indices ``[A]`` of validated atomic numbers."""
+        return self._species_of_z[numbers]
+
+    def _validate(self, numbers, positions, charge=0):
+        if charge not in (0, None):
+            raise InputError(f"{self.name} is trained on neutral molecules and cannot use a total charge "
+                             f"({charge!r}); use a charge-aware model such as AIMNet2")
+        return validate_structure(numbers, positions, supported=self.atomic_numbers, model=self.name)
+
+    def pack(self, structures: Sequence[tuple[np.ndarray, np.ndarray]]) -> Packed:
+        """Validated ``(numbers, positions)`` pairs -> :class:`phai.batching.Packed`."""
+        return pack([self.species_indices(z) for z, _ in structures], [r for _, r in structures],
+                    num_species=len(self.species), radial_cutoff=self.config.aev.Rcr,
+                    angular_cutoff=self.config.aev.Rca)
+
+    def _run(self, packed: Packed, forces: bool):
+        with self._context():
+            params = self._cast_params()
+            args = (jnp.asarray(packed.R, self._dtype),) + packed.device_args[1:]
+            if forces:
+                e, f = self._forces_jit(params, *args, **packed.static_args)
+                return np.asarray(e, np.float64), np.asarray(f, np.float64)
+            e = self._energy_jit(params, *args, **packed.static_args)
+            return np.asarray(e, np.float64), None
+
+    def evaluate(self, structures: Iterable, *, forces: bool = True, max_batch_atoms: int = 4096) -> list[Result]:
+        """Evaluate many structures (``ase.Atoms`` or ``(numbers, positions)`` pairs).
+
+        Structures are validated one by one (an error names the structure), then packed
+        into batches of at most ``max_batch_atoms`` atoms.
+        """
+        items = as_structure_list(structures)
+        checked = []
+        for k, (z, r) in enumerate(items):
+            try:
+                checked.append(self._validate(z, r))
+            except InputError as exc:
+                raise type(exc)(f"structure {k}: {exc}") from None
+        results: list[Result] = []
+        start = 0
+        while start < len(checked):
+            stop, atoms = start, 0
+            while stop < len(checked) and (stop == start or atoms + len(checked[stop][0]) <= max_batch_atoms):
+                atoms += len(checked[stop][0])
+                stop += 1
+            results.extend(self._evaluate_packed(checked[start:stop], forces))
+            start = stop
+        return results
+
+    def _evaluate_packed(self, chunk, forces: bool) -> list[Result]:
+        packed = self.pack(chunk)
+        e, f = self._run(packed, forces)
+        out = []
+        for k, (z, _) in enumerate(chunk):
+            sae = float(np.sum(self.sae[self.species_indices(z)]))
+            member = (e[:, k] + sae) * HARTREE_TO_EV
+            std = float(np.std(e[:, k], ddof=1) * HARTREE_TO_EV) if self.members > 1 else 0.0
+            fk = None if f is None else f[packed.offsets[k]:packed.offsets[k + 1]] * HARTREE_TO_EV
+            out.append(Result(float((np.mean(e[:, k]) + sae) * HARTREE_TO_EV), fk, std, member))
+        return out
+
+    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0) -> Result:
+        """Evaluate one structure: ``pot(atoms)`` or ``pot(numbers, positions)``."""
+        if positions is None:
+            if not hasattr(numbers, "get_positions"):
+                raise InputError("pass an ase.Atoms, or atomic numbers and positions (Å)")
+            charge = _atoms_charge(numbers) if charge == 0 else charge
+            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
+        z, r = self._validate(numbers, positions, charge)
+        return self._evaluate_packed([(z, r)], forces)[0]
+
+    def energy(self, numbers, positions=None) -> float:
+        """Ensemble energy (eV)."""
+        return self(numbers, positions, forces=False).energy
+
+    def forces(self, numbers, positions=None) -> np.ndarray:
+        """Forces ``[A, 3]`` (eV/Å)."""
+        return self(numbers, positions).forces
+
+    def hessian(self, numbers, positions=None) -> np.ndarray:
+        """Hessian of the ensemble energy, ``[3A, 3A]`` (eV/Å²), by forward-over-reverse autodiff.
+
+        Use ``precision="float64"`` for vibrational analysis; float32 Hessians carry noise
+        of order 1e-3 eV/Å².
+        """
+        if positions is None:
+            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
+        z, r = self._validate(numbers, positions)
+        packed = self.pack([(z, r)])
+        a = len(z)
+        with self._context():
+            params = self._cast_params()
+            R0 = jnp.asarray(packed.R, self._dtype)
+            h = _hessian_jit(self, params, R0, a, packed.device_args[1:], packed.num_molecules, packed.num_pairs)
+            h = np.asarray(h, np.float64)
+        return h.reshape(3 * a, 3 * a) * HARTREE_TO_EV
+
+    def aev(self, numbers, positions=None) -> np.ndarray:
+        """AEVs ``[A, F]`` of one structure, in the potential's precision."""
+        if positions is None:
+            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
+        z, r = self._validate(numbers, positions)
+        p = self.pack([(z, r)])
+        with self._context():
+            g = jax.jit(aev_fn, static_argnames=("params", "num_pairs"))(
+                jnp.asarray(p.R, self._dtype), p.species, p.nbr_radial, p.nbr_angular,
+                params=self.config.aev, num_pairs=p.num_pairs)
+            return np.asarray(g)[: len(z)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 5, 6))
+def _hessian_jit(pot: ANIPotential, params, R0, a: int, rest, num_molecules: int, num_pairs: int):
+    def energy(Ra):
+        R = R0.at[:a].set(Ra)
+        e = pot._member_energies(params, R, *rest, num_molecules=num_molecules, num_pairs=num_pairs)
+        return jnp.sum(jnp.mean(e, axis=0))
+
+    return jax.hessian(energy)(R0[:a])
+
+
+def _atoms_charge(atoms) -> int:
+    charge = atoms.info.get("charge", 0) if hasattr(atoms, "info") else 0
+    return charge
+
+
+def load_ani(name: str, precision: str = "float32") -> ANIPotential:
+    """Build an :class:`ANIPotential` from a named pretrained model or a model folder."""
+    from pathlib import Path
+
+    from .pretrained import load_arrays, store
+
+    if Path(name).is_dir():
+        arrays, cfg = store.load(name)
+    else:
+        arrays, cfg = load_arrays(name)
+    if cfg.get("kind") != "ani":
+        raise InputError(f"{name} is a {cfg.get('kind')!r} model, not an ANI model")
+    aevp = AEVParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["aev"].items()})
+    acts = {s: list(v) for s, v in cfg["activations"].items()}
+    config = ANIConfig(cfg.get("name", str(name)), cfg.get("description", ""), aevp, acts, int(cfg["members"]))
+    return ANIPotential(params_from_arrays(arrays, aevp.species), arrays["sae"], config, precision)
