@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .geometry import host_neighbor_lists, num_slot_pairs
+from .geometry import host_pair_lists
 from .structures import bucket
 
 
@@ -26,12 +26,10 @@ class Packed(NamedTuple):
       species: ``[N]`` int32 model species index.
       atom_mask: ``[N]`` bool.
       mol_index: ``[N]`` int32.
-      nbr_radial: ``[N, Kr]`` int32, sentinel ``N``.
-      nbr_angular: ``[N, Ka]`` int32, sentinel ``N``.
+      pairs: ``[2, P]`` int32 unordered pairs within the radial cutoff, sentinel ``N``.
+      triples: ``[3, T]`` int32 angular triples (centre, j, k), sentinel ``N``.
       species_atoms: per species, ``[C_s]`` int32 slots of its atoms, sentinel ``N``.
       num_molecules: ``B`` padded molecule count (static).
-      num_pairs: leading angular slot pairs to evaluate (static), see
-        :func:`phai.geometry.triu_slot_pairs`.
       offsets: ``[b + 1]`` int64 slot where each real molecule starts (host only).
     """
 
@@ -39,37 +37,40 @@ class Packed(NamedTuple):
     species: np.ndarray
     atom_mask: np.ndarray
     mol_index: np.ndarray
-    nbr_radial: np.ndarray
-    nbr_angular: np.ndarray
+    pairs: np.ndarray
+    triples: np.ndarray
     species_atoms: tuple
     num_molecules: int
-    num_pairs: int
     offsets: np.ndarray
 
     @property
     def device_args(self) -> tuple:
         """The arrays a jitted ANI function takes, in order."""
-        return (self.R, self.species, self.atom_mask, self.mol_index, self.nbr_radial,
-                self.nbr_angular, self.species_atoms)
+        return (self.R, self.species, self.atom_mask, self.mol_index, self.pairs,
+                self.triples, self.species_atoms)
 
     @property
     def static_args(self) -> dict:
-        return {"num_molecules": self.num_molecules, "num_pairs": self.num_pairs}
+        return {"num_molecules": self.num_molecules}
 
     @property
     def shape_key(self) -> tuple:
         """Everything that decides a compilation."""
-        return (self.R.shape[0], self.nbr_radial.shape[1], self.nbr_angular.shape[1],
-                tuple(len(a) for a in self.species_atoms), self.num_molecules, self.num_pairs)
+        return (self.R.shape[0], self.pairs.shape[1], self.triples.shape[1],
+                tuple(len(a) for a in self.species_atoms), self.num_molecules)
 
 
 def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) -> tuple:
-    """Slots of the real atoms of each species, each padded to a bucket with the sentinel ``N``."""
+    """Slots of the real atoms of each species, each padded to a bucket with the sentinel ``N``.
+
+    Every species gets at least 8 slots, present or not, so that molecules of one size
+    bucket but different composition (with or without N, say) share a compilation.
+    """
     n = len(species)
     out = []
     for s in range(num_species):
         atoms = np.nonzero(atom_mask & (species == s))[0]
-        cap = bucket(len(atoms)) if len(atoms) else 0
+        cap = bucket(len(atoms), minimum=8)
         idx = np.full(cap, n, dtype=np.int32)
         idx[:len(atoms)] = atoms
         out.append(idx)
@@ -92,9 +93,6 @@ def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray
     for k, (s, r) in enumerate(zip(species_list, positions_list)):
         sl = slice(offsets[k], offsets[k + 1])
         R[sl], species[sl], mol_index[sl], atom_mask[sl] = r, s, k, True
-    nl = host_neighbor_lists(R, atom_mask, mol_index, radial_cutoff, angular_cutoff)
-    c = int(np.max(np.sum(nl.angular < n, axis=1))) if n else 0
-    ka = nl.angular.shape[1]
-    num_pairs = min(bucket(num_slot_pairs(c), minimum=8), num_slot_pairs(ka))
-    return Packed(R, species, atom_mask, mol_index, nl.radial, nl.angular,
-                  species_slots(species, atom_mask, num_species), b, num_pairs, offsets)
+    nl = host_pair_lists(R, atom_mask, mol_index, radial_cutoff, angular_cutoff)
+    return Packed(R, species, atom_mask, mol_index, nl.pairs, nl.triples,
+                  species_slots(species, atom_mask, num_species), b, offsets)

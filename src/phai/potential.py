@@ -90,8 +90,8 @@ class ANIPotential:
         self.atomic_numbers = tuple(z)
         self._species_of_z = np.full(len(SYMBOLS), -1, dtype=np.int32)
         self._species_of_z[z] = np.arange(len(z), dtype=np.int32)
-        self._energy_jit = jax.jit(self._member_energies, static_argnames=("num_molecules", "num_pairs"))
-        self._forces_jit = jax.jit(self._energies_and_forces, static_argnames=("num_molecules", "num_pairs"))
+        self._energy_jit = jax.jit(self._member_energies, static_argnames="num_molecules")
+        self._forces_jit = jax.jit(self._energies_and_forces, static_argnames="num_molecules")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -126,15 +126,15 @@ class ANIPotential:
     def _context(self):
         return jax.enable_x64(True) if self.precision == "float64" else contextlib.nullcontext()
 
-    def _member_energies(self, params, R, species, atom_mask, mol_index, nbr_r, nbr_a, species_atoms,
-                         num_molecules, num_pairs):
+    def _member_energies(self, params, R, species, atom_mask, mol_index, pairs, triples, species_atoms,
+                         num_molecules):
         self.traces += 1  # runs once per compilation
         return ani_member_energies(params, self.config.aev, self.config.activations, R, species, atom_mask,
-                                   mol_index, nbr_r, nbr_a, species_atoms, num_molecules, num_pairs)
+                                   mol_index, pairs, triples, species_atoms, num_molecules)
 
-    def _energies_and_forces(self, params, R, *args, num_molecules, num_pairs):
+    def _energies_and_forces(self, params, R, *args, num_molecules):
         def total(R_):
-            e = self._member_energies(params, R_, *args, num_molecules=num_molecules, num_pairs=num_pairs)
+            e = self._member_energies(params, R_, *args, num_molecules=num_molecules)
             return jnp.sum(jnp.mean(e, axis=0)), e
 
         grad, e = jax.grad(total, has_aux=True)(R)
@@ -238,7 +238,7 @@ class ANIPotential:
         with self._context():
             params = self._cast_params()
             R0 = jnp.asarray(packed.R, self._dtype)
-            h = _hessian_jit(self, params, R0, a, packed.device_args[1:], packed.num_molecules, packed.num_pairs)
+            h = _hessian_jit(self, params, R0, a, packed.device_args[1:], packed.num_molecules)
             h = np.asarray(h, np.float64)
         return h.reshape(3 * a, 3 * a) * HARTREE_TO_EV
 
@@ -246,20 +246,26 @@ class ANIPotential:
         """AEVs ``[A, F]`` of one structure, in the potential's precision."""
         if positions is None:
             numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
-        z, r = self._validate(numbers, positions)
-        p = self.pack([(z, r)])
+        return self.aevs([(numbers, positions)])[0]
+
+    def aevs(self, structures: Iterable) -> list[np.ndarray]:
+        """AEVs ``[A_b, F]`` of many structures, computed in one padded batch."""
+        checked = [self._validate(z, r) for z, r in as_structure_list(structures)]
+        p = self.pack(checked)
         with self._context():
-            g = jax.jit(aev_fn, static_argnames=("params", "num_pairs"))(
-                jnp.asarray(p.R, self._dtype), p.species, p.nbr_radial, p.nbr_angular,
-                params=self.config.aev, num_pairs=p.num_pairs)
-            return np.asarray(g)[: len(z)]
+            g = np.asarray(_aev_jit(jnp.asarray(p.R, self._dtype), p.species, p.pairs, p.triples,
+                                    params=self.config.aev))
+        return [g[p.offsets[k]:p.offsets[k + 1]] for k in range(len(checked))]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 5, 6))
-def _hessian_jit(pot: ANIPotential, params, R0, a: int, rest, num_molecules: int, num_pairs: int):
+_aev_jit = jax.jit(aev_fn, static_argnames="params")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 5))
+def _hessian_jit(pot: ANIPotential, params, R0, a: int, rest, num_molecules: int):
     def energy(Ra):
         R = R0.at[:a].set(Ra)
-        e = pot._member_energies(params, R, *rest, num_molecules=num_molecules, num_pairs=num_pairs)
+        e = pot._member_energies(params, R, *rest, num_molecules=num_molecules)
         return jnp.sum(jnp.mean(e, axis=0))
 
     return jax.hessian(energy)(R0[:a])

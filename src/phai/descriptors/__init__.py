@@ -1,5 +1,6 @@
-"""Atomic descriptors: Justin Smith symmetry functions (ANI AEVs)."""
+"""Atomic descriptors: Justin Smith symmetry functions (ANI AEVs) in :mod:`phai.descriptors.aev`."""
 
-from .aev import AEVParams, aev, angular_terms, radial_terms
+from . import aev
+from .aev import AEVParams
 
-__all__ = ["AEVParams", "aev", "radial_terms", "angular_terms"]
+__all__ = ["aev", "AEVParams"]

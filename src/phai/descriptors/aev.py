@@ -25,12 +25,14 @@ neighbor species, then angular blocks per unordered species pair in upper-triang
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..geometry import cosine_cutoff, neighbor_vectors, triu_slot_pairs
+from ..geometry import pair_vectors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,102 +124,176 @@ def _power(x, zeta: float):
     return x ** zeta
 
 
+def _cutoff_pair(d, cutoff: float):
+    """Cosine cutoff and its derivative, zero beyond ``cutoff`` (pairs at ``cutoff`` kept)."""
+    inside = (d <= cutoff).astype(d.dtype)
+    arg = d * (jnp.pi / cutoff)
+    return (0.5 * jnp.cos(arg) + 0.5) * inside, (-0.5 * jnp.pi / cutoff) * jnp.sin(arg) * inside
+
+
+# The two elementwise kernels below carry hand-written JVP rules, written with einsum:
+# XLA:CPU compiles the reverse pass JAX derives from broadcast products (reductions over
+# small trailing axes) 5-20x slower than the forward pass, while the transpose of an
+# einsum is a batched matmul that it runs well. The rules are themselves differentiable,
+# so Hessians (forward over reverse) work.
+
+
+def _radial_with_derivative(d, params: AEVParams):
+    """``(t, dt/dd)`` for flat distances ``d [M]``, both ``[M, n_R]``."""
+    dt = d.dtype
+    eta = jnp.repeat(jnp.asarray(params.EtaR, dt), len(params.ShfR))[None, :]
+    shf = jnp.tile(jnp.asarray(params.ShfR, dt), len(params.EtaR))[None, :]
+    x = d[:, None]
+    fc, dfc = _cutoff_pair(x, params.Rcr)
+    g = 0.25 * jnp.exp(-eta * (x - shf) ** 2)
+    return g * fc, g * (dfc - 2.0 * eta * (x - shf) * fc)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def radial_terms(d, params: AEVParams):
     """Radial terms ``0.25 exp(-eta_R (d - R_s)^2) f_C(d; Rcr)``.
 
     Args:
-      d: distances ``[...]`` (Å).
+      d: distances ``[M]`` (Å).
 
     Returns:
-      ``[..., n_R]`` with ``n_R = len(EtaR) len(ShfR)`` (shift fastest).
+      ``[M, n_R]`` with ``n_R = len(EtaR) len(ShfR)`` (shift fastest).
     """
-    dt = d.dtype
-    eta = jnp.asarray(params.EtaR, dt)[:, None]
-    shf = jnp.asarray(params.ShfR, dt)[None, :]
-    x = d[..., None, None]
-    terms = 0.25 * jnp.exp(-eta * (x - shf) ** 2) * cosine_cutoff(x, params.Rcr)
-    return terms.reshape(d.shape + (params.radial_sublength,))
+    return _radial_with_derivative(d, params)[0]
+
+
+@radial_terms.defjvp
+def _radial_terms_jvp(params, primals, tangents):
+    (d,), (d_dot,) = primals, tangents
+    t, dt_dd = _radial_with_derivative(d, params)
+    return t, jnp.einsum("mr,m->mr", dt_dd, d_dot)
+
+
+def _angular_with_derivatives(cos, d_j, d_k, params: AEVParams):
+    """Factors and derivatives for flat pair arrays ``[M]``: angle ``[M, n_zeta n_z]``,
+    radial ``[M, n_eta n_a]``, (d angle / d cos, / d d_j, / d d_k), d radial / d d_j."""
+    dt = d_j.dtype
+    c = (0.95 * cos)[:, None]
+    s = jnp.sqrt(1.0 - c * c)  # |c| <= 0.95: never at the kink of sqrt
+    shfz = jnp.asarray(params.ShfZ, dt)[None, :]
+    cz, sz = jnp.cos(shfz), jnp.sin(shfz)
+    base = 0.5 * (1.0 + c * cz + s * sz)  # [M, n_z]
+    dbase = 0.5 * 0.95 * (cz - (c / s) * sz)  # d base / d cos
+    fj, dfj = _cutoff_pair(d_j, params.Rca)
+    fk, dfk = _cutoff_pair(d_k, params.Rca)
+    fj, dfj, fk, dfk = (x[:, None] for x in (fj, dfj, fk, dfk))
+    pz = jnp.concatenate([_power(base, z) for z in params.Zeta], axis=1)
+    dpz = jnp.concatenate([(z * _power(base, z - 1) if z != 1 else jnp.ones_like(base)) * dbase
+                           for z in params.Zeta], axis=1)
+    angle = 2.0 * fj * fk * pz
+    d_angle = (2.0 * fj * fk * dpz, 2.0 * dfj * fk * pz, 2.0 * fj * dfk * pz)  # d/d(cos, d_j, d_k)
+    mean_d = (0.5 * (d_j + d_k))[:, None]
+    eta = jnp.repeat(jnp.asarray(params.EtaA, dt), len(params.ShfA))[None, :]
+    shfa = jnp.tile(jnp.asarray(params.ShfA, dt), len(params.EtaA))[None, :]
+    radial = jnp.exp(-eta * (mean_d - shfa) ** 2)  # [M, n_eta n_a]
+    d_radial = -eta * (mean_d - shfa) * radial  # d/d d_j = d/d d_k
+    return angle, radial, d_angle, d_radial
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def angular_factors(cos, d_j, d_k, params: AEVParams):
+    """The two factors of the angular terms of neighbor pairs.
+
+    An angular term is ``2 f_C(R_ij) f_C(R_ik) ((1 + cos(theta' - theta_z)) / 2)^zeta``
+    times ``exp(-eta_A ((R_ij + R_ik) / 2 - R_a)^2)``, with
+    ``cos(theta' - theta_z) = 0.95 c cos(theta_z) + sqrt(1 - 0.95^2 c^2) sin(theta_z)``.
+
+    Args:
+      cos: ``cos(theta_ijk)`` of each pair, ``[M]``.
+      d_j, d_k: the two distances ``[M]`` (Å), strictly positive.
+
+    Returns:
+      ``(angle [M, n_zeta n_z], radial [M, n_eta n_a])``.
+    """
+    angle, radial, _, _ = _angular_with_derivatives(cos, d_j, d_k, params)
+    return angle, radial
+
+
+@angular_factors.defjvp
+def _angular_factors_jvp(params, primals, tangents):
+    cos, d_j, d_k = primals
+    c_dot, dj_dot, dk_dot = tangents
+    angle, radial, (da_c, da_j, da_k), dr = _angular_with_derivatives(cos, d_j, d_k, params)
+    angle_dot = (jnp.einsum("mz,m->mz", da_c, c_dot) + jnp.einsum("mz,m->mz", da_j, dj_dot)
+                 + jnp.einsum("mz,m->mz", da_k, dk_dot))
+    return (angle, radial), (angle_dot, jnp.einsum("ma,m->ma", dr, dj_dot + dk_dot))
+
+
+def _cosines(dR_j, dR_k, d_j, d_k):
+    return jnp.einsum("mx,mx->m", dR_j, dR_k) / jnp.maximum(d_j * d_k, 1e-10)
+
+
+def _angular_products(angle, radial, params: AEVParams):
+    """``[M, n_A]`` terms in TorchANI's order (eta, zeta, a, z) from the two factors."""
+    ne, nz, na, nzt = len(params.EtaA), len(params.Zeta), len(params.ShfA), len(params.ShfZ)
+    r = radial.reshape(-1, ne, na)
+    a = angle.reshape(-1, nz, nzt)
+    return jnp.einsum("mea,mtz->metaz", r, a).reshape(-1, params.angular_sublength)
 
 
 def angular_terms(dR_j, dR_k, d_j, d_k, params: AEVParams):
-    """Angular terms for neighbor pairs, ``[..., n_A]`` in TorchANI's order (angle fastest).
+    """Angular terms for neighbor pairs, ``[M, n_A]`` in TorchANI's order (angle fastest).
 
     Args:
-      dR_j, dR_k: vectors from the centre atom to neighbors j and k, ``[..., 3]`` (Å).
-      d_j, d_k: their lengths ``[...]`` (Å), strictly positive.
+      dR_j, dR_k: vectors from the centre atom to neighbors j and k, ``[M, 3]`` (Å).
+      d_j, d_k: their lengths ``[M]`` (Å), strictly positive.
     """
-    dt = d_j.dtype
-    cos = jnp.sum(dR_j * dR_k, axis=-1) / jnp.maximum(d_j * d_k, 1e-10)
-    c = 0.95 * cos
-    s = jnp.sqrt(1.0 - c * c)  # |c| <= 0.95, so never at the kink of sqrt
-    shfz = jnp.asarray(params.ShfZ, dt)
-    cos_shifted = c[..., None] * jnp.cos(shfz) + s[..., None] * jnp.sin(shfz)  # [..., n_z]
-    fc = cosine_cutoff(d_j, params.Rca) * cosine_cutoff(d_k, params.Rca)
-    mean_d = 0.5 * (d_j + d_k)
-    out = []
-    for eta in params.EtaA:
-        for zeta in params.Zeta:
-            f1 = _power(0.5 * (1.0 + cos_shifted), zeta)  # [..., n_z]
-            f2 = jnp.exp(-eta * (mean_d[..., None] - jnp.asarray(params.ShfA, dt)) ** 2)  # [..., n_a]
-            out.append(2.0 * f2[..., :, None] * f1[..., None, :] * fc[..., None, None])
-    terms = jnp.stack(out, axis=-3)  # [..., eta*zeta, n_a, n_z]
-    return terms.reshape(d_j.shape + (params.angular_sublength,))
+    angle, radial = angular_factors(_cosines(dR_j, dR_k, d_j, d_k), d_j, d_k, params)
+    return _angular_products(angle, radial, params)
 
 
-def aev(R, species, nbr_radial, nbr_angular, params: AEVParams, displacement_fn=None,
-        num_pairs: int | None = None):
+def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
     """ANI AEVs of a flat padded atom set.
 
     Args:
       R: positions ``[N, 3]`` (Å).
       species: ``[N]`` int32 model species index (0..S-1). Padding slots may hold any
-        value in range: they are never anyone's neighbor (the lists exclude them), and
-        their own rows are discarded by the caller's mask.
-      nbr_radial: ``[N, Kr]`` int32 neighbors within ``Rcr``, sentinel ``N``.
-      nbr_angular: ``[N, Ka]`` int32 neighbors within ``Rca``, sentinel ``N``.
+        value in range: they appear in no pair or triple, and their own rows are
+        discarded by the caller's mask.
+      pairs: ``[2, P]`` int32 unordered pairs ``i < j`` within ``Rcr``, padding ``N``.
+      triples: ``[3, T]`` int32 ``(centre, j, k)`` with ``j, k`` within ``Rca`` of the
+        centre, each unordered neighbor pair once, padding ``N``.
       params: :class:`AEVParams`.
       displacement_fn: jax-md displacement (free space if ``None``).
-      num_pairs: static number of leading slot pairs to evaluate (see
-        :func:`phai.geometry.triu_slot_pairs`): ``c (c - 1) / 2`` for a list whose most
-        crowded atom has ``c`` angular neighbors; ``None`` evaluates all ``Ka (Ka - 1) / 2``.
 
     Returns:
       ``[N, F]`` AEVs in the dtype of ``R``.
+
+    See :mod:`phai.geometry` for building ``pairs`` and ``triples`` (on the host, or from a
+    dense neighbor list inside jit). Terms are summed into their species blocks with
+    ``segment_sum`` over the row index ``atom * blocks + block``; padding entries go to
+    one extra row that is dropped. Each radial term is computed once and added to both
+    atoms of its pair, as in TorchANI.
     """
     n = R.shape[0]
     S = params.num_species
-    dt = R.dtype
     safe_species = jnp.clip(species, 0, S - 1)
+    at = lambda idx: safe_species[jnp.minimum(idx, n - 1)]
 
-    # radial: [N, Kr, n_R], summed into species blocks by a one-hot contraction
-    _, d, mask = neighbor_vectors(R, nbr_radial, displacement_fn)
-    rad = jnp.where(mask[..., None], radial_terms(d, params), 0.0)
-    sj = safe_species[jnp.minimum(nbr_radial, n - 1)]
-    onehot = (sj[..., None] == jnp.arange(S)).astype(dt)  # [N, Kr, S]
-    radial = jnp.einsum("nks,nkr->nsr", onehot, rad).reshape(n, S * params.radial_sublength)
+    # radial: [P, n_R], added to row i*S + s_j and to row j*S + s_i
+    i, j = pairs[0], pairs[1]
+    _, d, mask = pair_vectors(R, i, j, displacement_fn)
+    rad = radial_terms(d, params)
+    rows = jnp.concatenate([jnp.where(mask, i * S + at(j), n * S), jnp.where(mask, j * S + at(i), n * S)])
+    radial = jax.ops.segment_sum(jnp.concatenate([rad, rad]), rows, num_segments=n * S + 1)[:-1]
+    radial = radial.reshape(n, S * params.radial_sublength)
 
-    # angular: unordered slot pairs (p < q) of the angular list
-    dRa, da, maska = neighbor_vectors(R, nbr_angular, displacement_fn)
-    ka = nbr_angular.shape[1]
-    p, q = triu_slot_pairs(ka)
-    if num_pairs is not None:
-        p, q = p[:num_pairs], q[:num_pairs]
-    pair_mask = maska[:, p] & maska[:, q]  # [N, P]
-    # Slot selection as a matmul with a constant 0/1 matrix: its transpose (in the
-    # gradient) is another matmul, where an indexed gather would transpose to a slow
-    # scatter-add on CPU.
-    sel_p = jnp.asarray(np.eye(ka)[p], dt)  # [P, Ka]
-    sel_q = jnp.asarray(np.eye(ka)[q], dt)
-    pick = lambda sel, x: jnp.einsum("pk,nk...->np...", sel, x)
-    ang = angular_terms(pick(sel_p, dRa), pick(sel_q, dRa), jnp.where(pair_mask, pick(sel_p, da), 1.0),
-                        jnp.where(pair_mask, pick(sel_q, da), 1.0), params)
-    ang = jnp.where(pair_mask[..., None], ang, 0.0)
-    sa = safe_species[jnp.minimum(nbr_angular, n - 1)]
+    # angular: [T, n_A] into row centre*C + pair block of (s_j, s_k)
+    c, tj, tk = triples[0], triples[1], triples[2]
+    dRj, dj, maskt = pair_vectors(R, c, tj, displacement_fn)
+    dRk, dk, _ = pair_vectors(R, c, tk, displacement_fn)
+    angle, rad_a = angular_factors(_cosines(dRj, dRk, dj, dk), dj, dk, params)
+    terms = _angular_products(angle, rad_a, params)
     table = jnp.asarray(params.species_pair_table())
-    pair_species = table[sa[:, p], sa[:, q]]  # [N, P]
-    onehot_pair = (pair_species[..., None] == jnp.arange(params.num_species_pairs)).astype(dt)
-    angular = jnp.einsum("npc,npf->ncf", onehot_pair, ang).reshape(
-        n, params.num_species_pairs * params.angular_sublength)
+    C = params.num_species_pairs
+    rows = jnp.where(maskt, c * C + table[at(tj), at(tk)], n * C)
+    angular = jax.ops.segment_sum(terms, rows, num_segments=n * C + 1)[:-1]
+    angular = angular.reshape(n, C * params.angular_sublength)
     return jnp.concatenate([radial, angular], axis=-1)
 
 
@@ -226,4 +302,4 @@ def aev_length(params: AEVParams) -> int:
     return params.length
 
 
-__all__: Sequence[str] = ("AEVParams", "aev", "radial_terms", "angular_terms")
+__all__: Sequence[str] = ("AEVParams", "aev", "radial_terms", "angular_factors", "angular_terms")

@@ -4,8 +4,11 @@ Conventions (shared by every descriptor in phai):
 
 * A system is a flat set of ``N`` atom slots ``R [N, 3]`` (Å); several molecules in one
   call are disjoint groups of slots, and padding slots are masked, never given a species.
-* A neighbor list is a dense index array ``idx [N, K]`` (jax-md's ``Dense`` format): row
-  ``i`` lists the neighbors of atom ``i`` and unused slots hold the sentinel ``N``.
+* A neighbor list is either a dense index array ``idx [N, K]`` (jax-md's ``Dense``
+  format: row ``i`` lists the neighbors of atom ``i``, unused slots hold the sentinel
+  ``N``) or flat lists of unordered pairs ``[2, P]`` and angular triples ``[3, T]``
+  (padding entries hold ``N``). Host code builds flat lists directly; jitted code (MD)
+  derives them from a dense list with :func:`pairs_from_dense` / :func:`triples_from_dense`.
 * Vectors point from the centre atom to the neighbor: ``dR[i, k] = R[idx[i, k]] - R[i]``,
   through a jax-md displacement function (free space by default; periodic spaces give
   the minimum image).
@@ -14,11 +17,19 @@ Conventions (shared by every descriptor in phai):
 from .cutoff import cosine_cutoff
 from .neighbors import (
     NeighborLists,
+    PairLists,
     dense_from_pairs,
     host_neighbor_lists,
+    host_pair_lists,
     neighbor_pairs,
 )
-from .pairs import neighbor_vectors, num_slot_pairs, triu_slot_pairs
+from .pairs import (
+    neighbor_vectors,
+    pair_vectors,
+    pairs_from_dense,
+    triples_from_dense,
+    triu_slot_pairs,
+)
 
 __all__ = [
     "cosine_cutoff",
@@ -28,5 +39,9 @@ __all__ = [
     "neighbor_pairs",
     "neighbor_vectors",
     "triu_slot_pairs",
-    "num_slot_pairs",
+    "PairLists",
+    "host_pair_lists",
+    "pair_vectors",
+    "pairs_from_dense",
+    "triples_from_dense",
 ]

@@ -103,5 +103,67 @@ def host_neighbor_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: 
     i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
     i, j = real[i], real[j]
     close = d <= angular_cutoff
-    kr, ka = capacity if capacity is not None else (None, None)
+    if capacity is None:
+        counts = np.bincount(i[close], minlength=n)
+        capacity = (None, angular_capacity(int(counts.max()) if n else 0))
+    kr, ka = capacity
     return NeighborLists(dense_from_pairs(i, j, n, kr), dense_from_pairs(i[close], j[close], n, ka))
+
+
+def angular_capacity(max_neighbors: int) -> int:
+    """Angular list capacity: a multiple of 4 up to 32, then the 1.5x ladder.
+
+    An angular term costs ``Ka (Ka - 1) / 2`` slot pairs per atom, so ``Ka`` is kept
+    tighter than other capacities (organic molecules and water need 8 to 24).
+    """
+    if max_neighbors <= 32:
+        return max(8, -(-max_neighbors // 4) * 4)
+    return bucket(max_neighbors)
+
+
+class PairLists(NamedTuple):
+    """Flat lists for a padded system of ``N`` slots (sentinel ``N`` pads both).
+
+    Attributes:
+      pairs: ``[2, P]`` int32 unordered pairs ``i < j`` within the radial cutoff.
+      triples: ``[3, T]`` int32 ``(centre, j, k)``, ``j < k`` both within the angular
+        cutoff of the centre.
+
+    ``P`` and ``T`` are padded to :func:`phai.structures.bucket` sizes. Each pair appears
+    once (TorchANI's layout), so the work is half that of a dense list.
+    """
+
+    pairs: np.ndarray
+    triples: np.ndarray
+
+
+def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.ndarray,
+                    radial_cutoff: float, angular_cutoff: float) -> PairLists:
+    """Pairs and angular triples of a padded flat system, built on the host (linear cost).
+
+    Args:
+      positions: ``[N, 3]`` (Å); rows of padding slots are ignored.
+      atom_mask: ``[N]`` bool, True for real atoms.
+      segments: ``[N]`` molecule index of each slot (no pair crosses molecules).
+      radial_cutoff, angular_cutoff: Å.
+    """
+    n = len(positions)
+    real = np.nonzero(atom_mask)[0]
+    i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
+    i, j = real[i], real[j]
+    half = i < j
+    pairs = np.full((2, bucket(int(half.sum()))), n, dtype=np.int32)
+    pairs[:, :half.sum()] = np.stack([i[half], j[half]])
+    close = d <= angular_cutoff
+    dense = dense_from_pairs(i[close], j[close], n, None)
+    counts = np.sum(dense < n, axis=1)
+    k = int(counts.max()) if n else 0
+    dense = dense[:, :max(k, 2)]
+    p, q = np.triu_indices(dense.shape[1], 1)
+    tj, tk = dense[:, p], dense[:, q]
+    keep = (tj < n) & (tk < n)
+    centre = np.broadcast_to(np.arange(n)[:, None], tj.shape)[keep]
+    t = int(keep.sum())
+    triples = np.full((3, bucket(t)), n, dtype=np.int32)
+    triples[:, :t] = np.stack([centre, tj[keep], tk[keep]])
+    return PairLists(pairs, triples)

@@ -1,4 +1,5 @@
-"""In-jit gathers over dense neighbor lists, safe for padding and for gradients."""
+"""In-jit gathers over neighbor lists (dense ``[N, K]`` or flat pair/triple lists), safe
+for padding and for gradients."""
 
 from __future__ import annotations
 
@@ -44,16 +45,51 @@ def triu_slot_pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Static slot index pairs ``(p, q)`` with ``p < q`` over ``k`` neighbor slots.
 
     Used to enumerate the unordered neighbor pairs (j, k) of an angular term without
-    counting a pair twice. The pairs are ordered by ``q``, then ``p``: since a dense list
-    fills its slots from the left, the pairs of an atom with ``c`` neighbors are exactly the
-    first ``c (c - 1) / 2``, so a list of pairs can be cut after ``max_c c (c - 1) / 2``
-    entries (:func:`num_slot_pairs`) without losing any. Returns two
-    ``[k (k - 1) / 2]`` int32 arrays.
+    counting a pair twice. Returns two ``[k (k - 1) / 2]`` int32 arrays.
     """
-    q, p = np.tril_indices(k, -1)
+    p, q = np.triu_indices(k, 1)
     return p.astype(np.int32), q.astype(np.int32)
 
 
-def num_slot_pairs(max_neighbors: int) -> int:
-    """How many leading entries of :func:`triu_slot_pairs` cover ``max_neighbors`` neighbors."""
-    return max_neighbors * (max_neighbors - 1) // 2
+def pair_vectors(R, i, j, displacement_fn=None):
+    """Displacements and distances of a flat list of atom pairs.
+
+    Args:
+      R: positions ``[N, 3]`` (Å).
+      i, j: ``[P]`` int32 atom indices; entries with ``i >= N`` (the sentinel) are padding.
+      displacement_fn: jax-md displacement (free space if ``None``).
+
+    Returns:
+      ``(dR [P, 3], d [P], mask [P] bool)`` with ``dR = R[j] - R[i]`` (minimum image in a
+      periodic space). Padding entries have ``d = 1`` and ``dR = 0``, behind a double
+      ``where``, so no NaN reaches a gradient.
+    """
+    n = R.shape[0]
+    mask = i < n
+    Ri, Rj = R[jnp.minimum(i, n - 1)], R[jnp.minimum(j, n - 1)]
+    disp = _free_displacement if displacement_fn is None else jax.vmap(displacement_fn)
+    dR = jnp.where(mask[:, None], disp(Rj, Ri), 0.0)
+    r2 = jnp.einsum("px,px->p", dR, dR)
+    d = jnp.sqrt(jnp.where(mask, r2, 1.0))
+    return dR, d, mask
+
+
+def pairs_from_dense(idx):
+    """Unordered pairs ``[2, N K]`` (``i < j``, padding ``N``) from a dense list ``[N, K]``
+    that holds both directions of every pair (jax-md's ``Dense`` format). Jit-compatible."""
+    n, k = idx.shape
+    i = jnp.broadcast_to(jnp.arange(n, dtype=idx.dtype)[:, None], (n, k))
+    keep = (idx < n) & (i < idx)
+    return jnp.stack([jnp.where(keep, i, n).reshape(-1), jnp.where(keep, idx, n).reshape(-1)])
+
+
+def triples_from_dense(idx):
+    """Angular triples ``[3, N K (K - 1) / 2]`` (centre, j, k) with padding ``N`` from a
+    dense angular neighbor list ``[N, K]``. Jit-compatible."""
+    n, k = idx.shape
+    p, q = triu_slot_pairs(k)
+    j, kk = idx[:, p], idx[:, q]
+    keep = (j < n) & (kk < n)
+    c = jnp.broadcast_to(jnp.arange(n, dtype=idx.dtype)[:, None], j.shape)
+    return jnp.stack([jnp.where(keep, c, n).reshape(-1), jnp.where(keep, j, n).reshape(-1),
+                      jnp.where(keep, kk, n).reshape(-1)])

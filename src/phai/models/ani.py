@@ -79,8 +79,8 @@ def ani_atomic_energies(params, species_order: Sequence[str], activations: dict,
 
 
 def ani_member_energies(params, aev_params: AEVParams, activations: dict, R, species, atom_mask,
-                        mol_index, nbr_radial, nbr_angular, species_atoms, num_molecules: int,
-                        num_pairs: int | None = None, displacement_fn=None):
+                        mol_index, pairs, triples, species_atoms, num_molecules: int,
+                        displacement_fn=None):
     """Network energies per member and molecule, ``[M, B]`` (no self energies).
 
     Args:
@@ -88,13 +88,11 @@ def ani_member_energies(params, aev_params: AEVParams, activations: dict, R, spe
       species: ``[N]`` int32 model species index; padding slots any valid index.
       atom_mask: ``[N]`` bool, True for real atoms.
       mol_index: ``[N]`` int32 molecule of each slot (``< num_molecules``).
-      nbr_radial, nbr_angular: dense neighbor lists (sentinel ``N``), see
-        :func:`phai.geometry.host_neighbor_lists`.
+      pairs, triples: flat neighbor lists (sentinel ``N``), see :func:`phai.descriptors.aev.aev`.
       species_atoms: per-species atom slots, see :func:`ani_atomic_energies`.
       num_molecules: static ``B``.
-      num_pairs: static count of angular slot pairs, see :func:`phai.descriptors.aev`.
     """
-    g = aev(R, species, nbr_radial, nbr_angular, aev_params, displacement_fn, num_pairs)
+    g = aev(R, species, pairs, triples, aev_params, displacement_fn)
     e = ani_atomic_energies(params, aev_params.species, activations, g, species_atoms)
     e = jnp.where(atom_mask[None, :], e, 0.0)
     return jax.vmap(lambda em: jax.ops.segment_sum(em, mol_index, num_segments=num_molecules))(e)
@@ -126,8 +124,8 @@ class ANIEnsemble(nn.Module):
         return sizes
 
     @nn.compact
-    def __call__(self, R, species, atom_mask, mol_index, nbr_radial, nbr_angular, species_atoms,
-                 num_molecules: int, num_pairs: int | None = None, displacement_fn=None):
+    def __call__(self, R, species, atom_mask, mol_index, pairs, triples, species_atoms,
+                 num_molecules: int, displacement_fn=None):
         params, acts = {}, {}
         for s, shapes in self._layers().items():
             layers = []
@@ -140,8 +138,7 @@ class ANIEnsemble(nn.Module):
             params[s] = layers
             acts[s] = [self.activation] * (len(shapes) - 1) + ["linear"]
         return ani_member_energies(params, self.aev_params, acts, R, species, atom_mask, mol_index,
-                                   nbr_radial, nbr_angular, species_atoms, num_molecules, num_pairs,
-                                   displacement_fn)
+                                   pairs, triples, species_atoms, num_molecules, displacement_fn)
 
 
 def params_from_arrays(arrays: dict, species: Sequence[str]) -> dict:

@@ -58,8 +58,8 @@ def available() -> list[str]:
 
 
 def _ensure_registered():
-    if not REGISTRY:
-        from . import ani  # noqa: F401  (registers the ANI models)
+    """Import the modules that register models (idempotent; keeps ``import phai`` light)."""
+    from . import aimnet2, ani  # noqa: F401
 
 
 def spec(name: str) -> PretrainedSpec:

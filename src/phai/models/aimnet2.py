@@ -1,0 +1,541 @@
+r"""AIMNet2 (2023 pretrained ensembles) in JAX: energies, forces and atomic charges.
+
+Reproduces the TorchScript ensembles of :mod:`phai.pretrained.aimnet2` (``aimnet2-wb97m-d3``,
+``aimnet2-b973c``; Anstine, Zubatyuk and Isayev, ChemRxiv 10.26434/chemrxiv-2023-296ch). One
+member, for atoms ``i`` with neighbors ``j`` within ``r_c = 5`` Å (``G = 16`` shells, ``A = 16``
+feature channels, ``H = 12`` vector combinations):
+
+.. math::
+
+   g^s_{ijg} &= e^{-\eta (r_{ij} - r_g)^2} f_C(r_{ij}), \qquad
+   \mathbf g^v_{ijg} = g^s_{ijg}\, \hat{\mathbf r}_{ij} \\
+   s_{iag} &= \sum_j g^s_{ijg} a_{jag}, \qquad
+   \mathbf v_{iah} = \sum_j \sum_g \mathbf g^v_{ijg} a_{jag} \alpha_{agh} \\
+   \mathrm{in}^a_i &= [a_i \,|\, s_i \,|\, \|\mathbf v_i\|^2] \ (704), \qquad
+   \mathrm{in}^q_i = [q_i \,|\, \textstyle\sum_j g^s_{ijg} q_j \,|\,
+                      \|\sum_j \sum_g \mathbf g^v_{ijg} q_j \beta_{gh}\|^2] \ (29)
+
+Three passes: ``y = MLP_0(in^a)`` gives charges ``q`` (absolute), weights ``f`` and ``delta a``;
+``y = MLP_1([in^a | in^q])`` gives a charge *update* ``q + y_0``, new ``f`` and ``delta a``; after
+each of these the charges are equilibrated to the total charge ``Q`` (neural charge
+equilibration, NQE):
+
+.. math::  q_i \leftarrow q_i + f_i^2 \,\frac{Q - \sum_j q_j}{\sum_j f_j^2 + 10^{-6}}
+
+and ``MLP_2([in^a | in^q])`` gives the 256 features of the energy head. The energy is
+
+.. math::  E = \sum_i \bigl(\mathrm{MLP}_E(\mathrm{aim}_i) + E^0_{Z_i}\bigr) + E_\mathrm{coul}(q) + E_\mathrm{D3}
+
+with the charges after pass 1 in the long-range Coulomb term
+(:func:`phai.physics.coulomb.coulomb_energy`) and AIMNet2's D3(BJ) variant
+(:func:`phai.physics.dispersion.d3bj_energy`), both over all pairs without cutoff. GELUs are
+the exact (erf) form; ``MLP_1`` and ``MLP_2`` end with a GELU, ``MLP_0`` and ``MLP_E`` do not.
+Forces are ``-dE/dR`` through everything, charges included. The ensemble returns the mean over
+members and the standard deviation with ``ddof = 1``, as the TorchScript file.
+
+Where phai differs from the file, deliberately: the local terms use a neighbor list within
+``r_c`` instead of the dense ``N x N`` matrix (exact: pairs beyond ``r_c`` contribute 0); the
+long-range terms are summed in row blocks (``O(block N)`` memory); the D3 weights are
+factorised (see :mod:`phai.physics.dispersion`); the TorchScript module rounds coordinates
+and charge to float32 even in double precision, phai does not. In float32, :class:`AIMNet2`
+adds the (position-independent) atomic shifts on the host in float64, so its energies are
+more accurate than the float32 TorchScript model, which adds shifts of up to -7e4 eV per atom
+in float32.
+
+Units: Å, eV, e. Shapes: ``N`` atom slots (padded), ``K`` neighbor slots, ``M`` members,
+``S`` species of the model, ``F`` features. Padding slots have ``atom_mask`` False; neighbor
+lists use the sentinel ``N``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import InputError, ModelFileError
+from ..geometry import cosine_cutoff, dense_from_pairs, neighbor_pairs, neighbor_vectors
+from ..physics.coulomb import coulomb_energy
+from ..physics.dispersion import D3BJParams, d3bj_energy
+from ..structures import SYMBOLS, bucket, validate_structure
+
+PRETRAINED = ("aimnet2-wb97m-d3", "aimnet2-b973c")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and parameters
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AIMNet2Config:
+    """Static hyperparameters of an AIMNet2 model (hashable; a static argument under jit).
+
+    Attributes:
+      elements: atomic numbers the model covers, in species-index order.
+      nfeature: AFV channels ``A`` (16); nshifts: radial shells ``G`` (16); ncomb: vector
+        combinations ``H`` (12).
+      cutoff: local cutoff ``r_c`` (Å). eta: Gaussian width (Å^-2).
+      final_gelu: per pass (3) whether the MLP ends with a GELU.
+      nqe_eps: the 1e-6 in the NQE denominator.
+      coulomb_switch_radius: ``r_s`` of the Coulomb switch (Å). half_ke: eV Å e^-2.
+
+    The D3(BJ) constants, which differ between the two pretrained files, are not here but in
+    the ``shared`` parameters (see :func:`params_from_arrays`), so both share a compilation.
+    """
+
+    elements: tuple[int, ...]
+    nfeature: int = 16
+    nshifts: int = 16
+    ncomb: int = 12
+    cutoff: float = 5.0
+    eta: float = 14.512471199035645
+    final_gelu: tuple[bool, ...] = (False, True, True)
+    nqe_eps: float = 1e-6
+    coulomb_switch_radius: float = 4.599999904632568
+    half_ke: float = 7.1998226
+
+    @classmethod
+    def from_config(cls, config: dict) -> "AIMNet2Config":
+        """Build from the JSON config written by :func:`phai.pretrained.aimnet2.convert_aimnet2_torchscript`."""
+        mlps = {m["name"]: m for m in config["mlps"]}
+        return cls(
+            elements=tuple(int(z) for z in config["elements"]),
+            nfeature=int(config["nfeature"]), nshifts=int(config["nshifts"]), ncomb=int(config["ncomb"]),
+            cutoff=float(config["aev"]["cutoff"]), eta=float(config["aev"]["eta"]),
+            final_gelu=tuple(bool(mlps[f"mlp{k}"]["final_gelu"]) for k in range(3)),
+            nqe_eps=float(config["nqe_eps"]),
+            coulomb_switch_radius=float(config["coulomb"]["switch_radius"]),
+            half_ke=float(config["coulomb"]["half_ke"]))
+
+
+def params_from_arrays(arrays: dict, config: dict, dtype=np.float32) -> tuple[dict, dict]:
+    """Split phai's stored arrays into ``(member_params, shared)`` pytrees indexed by species.
+
+    ``member_params`` (leading axis ``M``): ``afv [M, S, A, G]``, ``shift [M, S]`` (eV),
+    ``agh_a [M, A, G, H]``, ``agh_q [M, G, H]``, ``mlp`` = 3 tuples of ``(W [M, in, out], b [M, out])``,
+    ``energy`` = tuple of layers. ``shared``: ``shifts [G]`` (Å), the D3 tables by species
+    (``c6ref [S, S, 5, 5]``, ``cnref [S, 5]``, ``r4r2``, ``rcov``, ``cnmax [S]``) and ``d3``, a
+    :class:`~phai.physics.dispersion.D3BJParams` of scalars. Arrays are NumPy in ``dtype``;
+    species ``s`` is atomic number ``config["elements"][s]``.
+    """
+    z = np.asarray(config["elements"], dtype=np.int64)
+    nf, ng = int(config["nfeature"]), int(config["nshifts"])
+    cast = lambda x: np.asarray(x, dtype=dtype)  # noqa: E731
+    mlps = {m["name"]: m["layers"] for m in config["mlps"]}
+
+    def layers(name):
+        return tuple((cast(arrays[f"{name}/{l}/W"]), cast(arrays[f"{name}/{l}/b"])) for l in range(mlps[name]))
+
+    afv = arrays["afv"][:, z]
+    member = {
+        "afv": cast(afv.reshape(afv.shape[0], len(z), nf, ng)),
+        "shift": cast(arrays["atomic_shift"][:, z]),
+        "agh_a": cast(arrays["conv_a/agh"]),
+        "agh_q": cast(arrays["conv_q/agh"][:, 0]),
+        "mlp": tuple(layers(f"mlp{k}") for k in range(3)),
+        "energy": layers("energy"),
+    }
+    shared = {
+        "shifts": cast(arrays["aev/shifts"]),
+        "c6ref": cast(arrays["d3/c6ref"][np.ix_(z, z)]),
+        "cnref": cast(arrays["d3/cnref"][z]),
+        "r4r2": cast(arrays["d3/r4r2"][z]),
+        "rcov": cast(arrays["d3/rcov"][z]),
+        "cnmax": cast(arrays["d3/cnmax"][z]),
+        "d3": D3BJParams(**{k: cast(v) for k, v in config["d3"].items()}),
+    }
+    return member, shared
+
+
+# --------------------------------------------------------------------------------------------
+# pure kernels (one molecule, one member)
+# --------------------------------------------------------------------------------------------
+
+def radial_vector_basis(positions, neighbors, shifts, *, eta: float, cutoff: float):
+    r"""Scalar and vector radial terms of AIMNet2's AEV on a dense neighbor list.
+
+    Args:
+      positions: ``[N, 3]`` (Å).
+      neighbors: ``[N, K]`` int32, sentinel ``N``; must hold every pair within ``cutoff``.
+      shifts: ``[G]`` Gaussian centres (Å).
+      eta: width (Å^-2); cutoff: ``r_c`` (Å) of the cosine cutoff.
+
+    Returns:
+      ``gs [N, K, G] = exp(-eta (d - shift)^2) f_C(d)`` and ``gv [N, K, G, 3] = gs * u`` with
+      ``u = (R_j - R_i) / d`` the unit vector to the neighbor; empty slots are exactly 0.
+    """
+    dR, d, mask = neighbor_vectors(positions, neighbors)
+    fc = jnp.where(mask, cosine_cutoff(d, cutoff), jnp.zeros_like(d))
+    gs = jnp.exp(-eta * (d[..., None] - shifts[None, None, :]) ** 2) * fc[..., None]
+    u = dR / d[..., None]
+    gv = gs[..., None] * u[:, :, None, :]
+    return gs, gv
+
+
+def gather_neighbors(x, neighbors):
+    """``x[neighbors]`` with zeros for the sentinel: ``x [N, ...]`` -> ``[N, K, ...]``."""
+    pad = jnp.zeros((1,) + x.shape[1:], dtype=x.dtype)
+    return jnp.concatenate([x, pad], axis=0)[neighbors]
+
+
+def conv_features(a, gs, gv, agh, neighbors):
+    """AEV x AFV contraction (``ConvSV`` with 2-D features) -> ``[N, A G + A H]``.
+
+    Args:
+      a: ``[N, A, G]`` atomic features.
+      gs, gv: ``[N, K, G]``, ``[N, K, G, 3]`` from :func:`radial_vector_basis`.
+      agh: ``[A, G, H]`` vector-combination weights.
+      neighbors: ``[N, K]``.
+
+    Returns:
+      ``concat(s.flat (a, g), |v|^2.flat (a, h))`` with ``s[i,a,g] = sum_k gs[i,k,g] a[j_k,a,g]``
+      and ``v[i,a,h,:] = sum_k sum_g gv[i,k,g,:] a[j_k,a,g] agh[a,g,h]``.
+    """
+    aj = gather_neighbors(a, neighbors)                                 # [N, K, A, G]
+    s = jnp.einsum("nkg,nkag->nag", gs, aj)
+    t = jnp.einsum("nkgd,nkag->nagd", gv, aj)
+    v = jnp.einsum("nagd,agh->nahd", t, agh)
+    n = a.shape[0]
+    return jnp.concatenate([s.reshape(n, -1), jnp.sum(v * v, axis=-1).reshape(n, -1)], axis=-1)
+
+
+def conv_charges(q, gs, gv, agh, neighbors):
+    """Charge contraction (``ConvSV`` with scalar features) -> ``[N, G + H]``.
+
+    ``q [N]`` charges (e), ``agh [G, H]``; returns ``concat(sum_k gs q_j, |sum_k sum_g gv q_j agh|^2)``.
+    """
+    qj = gather_neighbors(q, neighbors)                                 # [N, K]
+    s = jnp.einsum("nkg,nk->ng", gs, qj)
+    v = jnp.einsum("nkgd,nk,gh->nhd", gv, qj, agh)
+    return jnp.concatenate([s, jnp.sum(v * v, axis=-1)], axis=-1)
+
+
+def mlp(layers, x, final_gelu: bool):
+    """Linear layers ``(W [in, out], b [out])`` with exact-GELU in between (and at the end if asked)."""
+    for l, (w, b) in enumerate(layers):
+        x = x @ w + b[None, :]
+        if l < len(layers) - 1 or final_gelu:
+            x = jax.nn.gelu(x, approximate=False)
+    return x
+
+
+def nqe(total_charge, q, f, *, eps: float = 1e-6):
+    r"""Neural charge equilibration ``q + f^2 (Q - sum q) / (sum f^2 + eps)``.
+
+    Args:
+      total_charge: scalar ``Q`` (e). q: ``[N]`` uncorrected charges. f: ``[N]`` weights
+        (padding slots must be 0 in both).
+
+    Returns:
+      ``[N]`` charges; their sum misses ``Q`` by ``eps (Q - sum q) / (sum f^2 + eps)``.
+    """
+    w = f * f
+    return q + w * (total_charge - jnp.sum(q)) / (jnp.sum(w) + eps)
+
+
+def member_energy(params, shared, positions, species, neighbors, atom_mask, total_charge, *,
+                  cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None):
+    """Energy and charges of one molecule for one ensemble member.
+
+    Args:
+      params: one member's slice of ``member_params`` (:func:`params_from_arrays`).
+      shared: ``shared`` pytree.
+      positions: ``[N, 3]`` (Å), float32 or float64 (params in the same dtype).
+      species: ``[N]`` int32 species index (``cfg.elements``); any valid index on padding slots.
+      neighbors: ``[N, K]`` int32, every pair within ``cfg.cutoff``, sentinel ``N``.
+      atom_mask: ``[N]`` bool.
+      total_charge: scalar (e).
+      include_shifts: add the atomic energy shifts (constants of the composition).
+      block_size: row block of the all-pairs Coulomb and D3 sums.
+
+    Returns:
+      ``(energy, aux)``: scalar eV; ``aux`` dict with ``charges [N]`` (e, padding 0),
+      ``coulomb``, ``dispersion`` (eV).
+    """
+    dtype = positions.dtype
+    n = positions.shape[0]
+    maskf = atom_mask.astype(dtype)
+    gs, gv = radial_vector_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
+    a = params["afv"][species] * maskf[:, None, None]                  # [N, A, G]
+    q_total = jnp.asarray(total_charge, dtype)
+
+    def inputs(a, q=None):
+        x = [a.reshape(n, -1), conv_features(a, gs, gv, params["agh_a"], neighbors)]
+        if q is not None:
+            x += [q[:, None], conv_charges(q, gs, gv, params["agh_q"], neighbors)]
+        return jnp.concatenate(x, axis=-1)
+
+    q = None
+    for k in range(2):
+        y = mlp(params["mlp"][k], inputs(a, q), cfg.final_gelu[k]) * maskf[:, None]
+        qu = y[:, 0] if q is None else q + y[:, 0]
+        q = nqe(q_total, qu, y[:, 1], eps=cfg.nqe_eps)
+        a = a + y[:, 2:].reshape(a.shape)
+    aim = mlp(params["mlp"][2], inputs(a, q), cfg.final_gelu[2]) * maskf[:, None]
+    e_atom = mlp(params["energy"], aim, False)[:, 0]
+    if include_shifts:
+        e_atom = e_atom + params["shift"][species]
+    e_local = jnp.sum(e_atom * maskf)
+    e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
+                            half_ke=cfg.half_ke, block_size=block_size)
+    e_disp = d3bj_energy(positions, species, atom_mask, shared, shared["d3"], block_size=block_size)
+    return e_local + e_coul + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
+
+
+def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
+                     cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
+                     member_batch: int | None = None):
+    """Per-member energies, forces and charges of one molecule.
+
+    Args: as :func:`member_energy`, with ``member_params`` stacked over members ``[M, ...]``;
+      ``member_batch``: members evaluated at once (``None``: all, by ``vmap``; 1: one after
+      the other, least memory).
+
+    Returns:
+      dict with ``energy [M]`` (eV), ``forces [M, N, 3]`` (eV/Å, ``-dE/dR``), ``charges [M, N]`` (e).
+    """
+    def one(p):
+        (e, aux), g = jax.value_and_grad(member_energy, argnums=2, has_aux=True)(
+            p, shared, positions, species, neighbors, atom_mask, total_charge,
+            cfg=cfg, include_shifts=include_shifts, block_size=block_size)
+        return e, -g, aux["charges"]
+
+    m = jax.tree_util.tree_leaves(member_params)[0].shape[0]
+    e, f, q = jax.lax.map(one, member_params, batch_size=m if member_batch is None else member_batch)
+    return {"energy": e, "forces": f, "charges": q}
+
+
+def ensemble_energy(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
+                    cfg: AIMNet2Config, block_size: int | None = None):
+    """Ensemble-mean energy (eV, atomic shifts included) of one molecule: a differentiable
+    ``positions [N, 3] -> scalar`` for ``jax.grad``, Hessians or jax-md. Arguments as
+    :func:`ensemble_outputs`; the neighbor list must stay valid (every pair within 5 Å)."""
+    e = jax.vmap(lambda p: member_energy(p, shared, positions, species, neighbors, atom_mask, total_charge,
+                                         cfg=cfg, block_size=block_size)[0])(member_params)
+    return jnp.mean(e)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "include_shifts", "block_size", "member_batch"))
+def _ensemble_jit(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
+                  cfg, include_shifts, block_size, member_batch):
+    return ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge,
+                            cfg=cfg, include_shifts=include_shifts, block_size=block_size,
+                            member_batch=member_batch)
+
+
+# --------------------------------------------------------------------------------------------
+# host side: validation, padding, the calculator
+# --------------------------------------------------------------------------------------------
+
+def check_charge_multiplicity(numbers, charge=0, multiplicity=None) -> tuple[int, int]:
+    """Check a total charge (and multiplicity) against the electron count; returns ``(Q, 2S+1)``.
+
+    Args:
+      numbers: ``[A]`` atomic numbers.
+      charge: total charge (e); must be an integer (``1.0`` is accepted).
+      multiplicity: ``2S + 1``, or None for the lowest one (1 for an even electron count, else 2).
+
+    Raises:
+      InputError: a non-integer or non-finite charge, fewer than 0 electrons, a multiplicity
+        that is not a positive integer, needs more unpaired electrons than there are, or has
+        the wrong parity for the electron count.
+    """
+    z = np.asarray(numbers, dtype=np.int64)
+    try:
+        qf = float(charge)
+    except (TypeError, ValueError):
+        raise InputError(f"total charge {charge!r} is not a number; give an integer such as 0, 1 or -1") from None
+    if not np.isfinite(qf) or not qf.is_integer():
+        raise InputError(f"total charge {charge!r} is not an integer: molecular charges are whole "
+                         f"multiples of e (give 0, 1, -1, ...)")
+    q = int(qf)
+    electrons = int(z.sum()) - q
+    if electrons < 0:
+        raise InputError(f"total charge {q:+d} leaves {electrons} electrons (the nuclei carry {int(z.sum())}): "
+                         f"the charge is too positive for this structure")
+    if multiplicity is None:
+        return q, 1 + electrons % 2
+    try:
+        mf = float(multiplicity)
+    except (TypeError, ValueError):
+        raise InputError(f"multiplicity {multiplicity!r} is not a number; give 2S+1 (1, 2, 3, ...)") from None
+    if not np.isfinite(mf) or not mf.is_integer() or mf < 1:
+        raise InputError(f"multiplicity {multiplicity!r} must be a positive integer 2S+1 (1, 2, 3, ...)")
+    m = int(mf)
+    if m - 1 > electrons:
+        raise InputError(f"multiplicity {m} needs {m - 1} unpaired electrons but charge {q:+d} leaves only "
+                         f"{electrons} electrons")
+    if (electrons + m - 1) % 2:
+        raise InputError(f"multiplicity {m} does not fit {electrons} electrons (charge {q:+d}): an "
+                         f"{'even' if electrons % 2 == 0 else 'odd'} electron count needs an "
+                         f"{'odd' if electrons % 2 == 0 else 'even'} multiplicity, e.g. {1 + electrons % 2}")
+    return q, m
+
+
+class AIMNet2Inputs(NamedTuple):
+    """One molecule padded for the jitted kernels (host NumPy arrays).
+
+    Attributes:
+      positions: ``[N, 3]`` (Å), float64; padding rows 0.
+      species: ``[N]`` int32 species index; padding 0.
+      neighbors: ``[N, K]`` int32, sentinel ``N``.
+      atom_mask: ``[N]`` bool.
+      charge: total charge (int, e).
+      natoms: ``A``, the real atoms (the first ``A`` slots).
+      numbers: ``[A]`` atomic numbers.
+    """
+
+    positions: np.ndarray
+    species: np.ndarray
+    neighbors: np.ndarray
+    atom_mask: np.ndarray
+    charge: int
+    natoms: int
+    numbers: np.ndarray
+
+
+class AIMNet2Result(NamedTuple):
+    """Ensemble prediction for one molecule (NumPy; std over members with ddof = 1).
+
+    Attributes:
+      energy, energy_std: eV (float64).
+      forces, forces_std: ``[A, 3]`` eV/Å, in the working dtype.
+      charges, charges_std: ``[A]`` e.
+      member_energies: ``[M]`` eV (float64).
+    """
+
+    energy: float
+    energy_std: float
+    forces: np.ndarray
+    forces_std: np.ndarray
+    charges: np.ndarray
+    charges_std: np.ndarray
+    member_energies: np.ndarray
+
+
+class AIMNet2:
+    """A pretrained AIMNet2 ensemble: ``(numbers, positions Å, charge) -> energy, forces, charges``.
+
+    Precision follows JAX: float32 by default, float64 inside ``with jax.enable_x64(True):``
+    (parameters are cast on first use and cached per dtype; one compilation per dtype and size
+    bucket). Elements outside the model are refused on the host
+    (:class:`~phai.errors.UnsupportedElementError`), as are impossible charges.
+
+    Args:
+      arrays, config: as stored by :mod:`phai.pretrained` (see :meth:`from_pretrained`).
+      block_size: row block of the all-pairs long-range sums; molecules with at most this many
+        atom slots use one dense block.
+      member_batch: members evaluated at once (None: all four, fastest for small molecules; 1
+        for the least memory on large systems).
+
+    Example::
+
+        model = AIMNet2.from_pretrained("aimnet2-wb97m-d3")
+        out = model([8, 1, 1], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], charge=0)
+        out.energy, out.forces, out.charges
+    """
+
+    def __init__(self, arrays: dict, config: dict, *, block_size: int = 512, member_batch: int | None = None):
+        self.config = config
+        self.cfg = AIMNet2Config.from_config(config)
+        self.name = config.get("name", "aimnet2")
+        self.elements = self.cfg.elements
+        self.members = int(np.shape(arrays["afv"])[0])
+        self.block_size = int(block_size)
+        self.member_batch = member_batch
+        self._arrays = arrays
+        self._params: dict[str, tuple] = {}
+        self._shift64 = np.asarray(arrays["atomic_shift"], dtype=np.float64)[:, np.asarray(self.elements)]
+        self._species_of = np.full(max(len(SYMBOLS), max(self.elements) + 1), -1, dtype=np.int32)
+        self._species_of[np.asarray(self.elements)] = np.arange(len(self.elements), dtype=np.int32)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """Chemical symbols of the elements the model covers."""
+        return tuple(SYMBOLS[z] for z in self.elements)
+
+    @classmethod
+    def from_pretrained(cls, name: str = "aimnet2-wb97m-d3", **kwargs) -> "AIMNet2":
+        """Load ``"aimnet2-wb97m-d3"`` or ``"aimnet2-b973c"`` (converted into phai's cache on first use)."""
+        from ..pretrained import load_arrays
+
+        arrays, config = load_arrays(name)
+        if config.get("kind") != "aimnet2":
+            raise ModelFileError(f"{name} is a {config.get('kind')} model, not an AIMNet2 ensemble")
+        return cls(arrays, config, **kwargs)
+
+    def params(self, dtype) -> tuple[dict, dict]:
+        """``(member_params, shared)`` as JAX arrays of ``dtype`` (cached)."""
+        key = np.dtype(dtype).name
+        if key not in self._params:
+            member, shared = params_from_arrays(self._arrays, self.config, dtype)
+            self._params[key] = jax.tree_util.tree_map(jnp.asarray, (member, shared))
+        return self._params[key]
+
+    def prepare(self, numbers, positions, charge=0, multiplicity=None, *,
+                capacity: tuple[int, int] | None = None) -> AIMNet2Inputs:
+        """Validate one structure and pad it into a size bucket (host only).
+
+        ``capacity = (N, K)`` fixes the atom and neighbor slots (to share one compilation
+        between molecules); by default both come from :func:`phai.structures.bucket`.
+        """
+        z, r = validate_structure(numbers, positions, supported=self.elements, model=self.name)
+        q, _ = check_charge_multiplicity(z, charge, multiplicity)
+        a = len(z)
+        n = bucket(a) if capacity is None else int(capacity[0])
+        if n < a:
+            raise InputError(f"capacity of {n} atom slots is smaller than the {a} atoms: raise it")
+        i, j, _ = neighbor_pairs(r, self.cfg.cutoff)
+        nbr = dense_from_pairs(i, j, n, None if capacity is None else int(capacity[1]))
+        pos = np.zeros((n, 3))
+        pos[:a] = r
+        species = np.zeros(n, dtype=np.int32)
+        species[:a] = self._species_of[z]
+        mask = np.zeros(n, dtype=bool)
+        mask[:a] = True
+        return AIMNet2Inputs(pos, species, nbr, mask, q, a, z)
+
+    def evaluate(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
+        """Run the ensemble on prepared inputs in the current JAX precision."""
+        dtype = jnp.result_type(float)
+        member, shared = self.params(dtype)
+        out = _ensemble_jit(member, shared, jnp.asarray(inputs.positions, dtype), jnp.asarray(inputs.species),
+                            jnp.asarray(inputs.neighbors), jnp.asarray(inputs.atom_mask),
+                            jnp.asarray(inputs.charge, dtype), cfg=self.cfg, include_shifts=False,
+                            block_size=self.block_size, member_batch=self.member_batch)
+        a = inputs.natoms
+        shift = self._shift64[:, self._species_of[inputs.numbers]].sum(axis=1)     # [M] float64
+        e = np.asarray(out["energy"], dtype=np.float64) + shift
+        f = np.asarray(out["forces"])[:, :a]
+        q = np.asarray(out["charges"])[:, :a]
+        return AIMNet2Result(float(e.mean()), float(e.std(ddof=1)), f.mean(0), f.std(0, ddof=1),
+                             q.mean(0), q.std(0, ddof=1), e)
+
+    def __call__(self, numbers, positions=None, charge=0, multiplicity=None, *,
+                 capacity: tuple[int, int] | None = None) -> AIMNet2Result:
+        """Energy (eV), forces (eV/Å) and atomic charges (e) of one molecule, ensemble mean and std.
+
+        Args:
+          numbers: ``[A]`` atomic numbers or symbols (H B C N O F Si P S Cl As Se Br I), or an
+            ``ase.Atoms`` (then ``positions`` is None; the charge is still the argument).
+          positions: ``[A, 3]`` (Å).
+          charge: total charge (integer, e).
+          multiplicity: checked against the electron count, but **not** an input of AIMNet2:
+            the 2023 models cannot tell spin states apart.
+          capacity: optional fixed ``(atom slots, neighbor slots)``.
+        """
+        if positions is None:
+            if not hasattr(numbers, "get_positions"):
+                raise InputError("positions are missing: pass (numbers, positions in Å) or an ase.Atoms")
+            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
+        return self.evaluate(self.prepare(numbers, positions, charge, multiplicity, capacity=capacity))
+
+
+def load_aimnet2(name: str = "aimnet2-wb97m-d3", **kwargs) -> AIMNet2:
+    """:meth:`AIMNet2.from_pretrained`."""
+    return AIMNet2.from_pretrained(name, **kwargs)
+
