@@ -52,8 +52,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for name, smi in BUNDLED.items():
         atoms = embed(smi)
-        ase.io.write(out / f"{name}.xyz", atoms, format="xyz",
-                     comment=f"{name} {smi} RDKit ETKDGv3 seed 42 + MMFF94")
+        atoms.info.update(name=name, smiles=smi, recipe="RDKit ETKDGv3 seed 42 + MMFF94")
+        ase.io.write(out / f"{name}.xyz", atoms, format="extxyz")
     rng = np.random.default_rng(7)
     frames = []
     for name, smi in TEST.items():

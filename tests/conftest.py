@@ -16,6 +16,8 @@ import pytest
 DATA = Path(__file__).parent / "data"
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+phai_enable_cache = __import__("phai").enable_compilation_cache
+phai_enable_cache()  # compiled code is keyed by its HLO: safe to share between runs
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_charge_is_refused_by_a_charge_blind_model(pot):
 def test_batch_error_names_the_structure(pot):
     z, r = WATER
     with pytest.raises(InputError, match="structure 1:"):
-        pot.evaluate([(z, r), ([8, 1, 7], r), (z, r)])
+        pot.evaluate([(z, r), ([8, 1, 16], r), (z, r)])
 
 
 def test_bad_precision_and_model_name():

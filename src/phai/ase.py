@@ -24,7 +24,8 @@ class PhaiCalculator(Calculator):
 
     Args:
       model: a model name for :func:`phai.load` or an already loaded potential.
-      precision: ``"float32"`` or ``"float64"`` (when ``model`` is a name).
+      precision: ``"float32"`` or ``"float64"``; ``None`` keeps a loaded potential's own
+        precision (float32 for a name).
       charge: total charge (e); ``None`` reads ``atoms.info["charge"]`` (default 0).
 
     Implemented properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å) and
@@ -33,12 +34,14 @@ class PhaiCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "energy_std"]
 
-    def __init__(self, model="ani-1x", precision: str = "float32", charge=None, **kwargs):
+    def __init__(self, model="ani-1x", precision: str | None = None, charge=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, str):
             import phai
 
-            model = phai.load(model, precision=precision)
+            model = phai.load(model, precision=precision or "float32")
+        elif precision is not None and precision != model.precision:
+            model = model.with_precision(precision)
         self.potential = model
         self.charge = charge
 

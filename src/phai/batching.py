@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .geometry import host_pair_lists
+from .geometry.neighbors import SMALL_SYSTEM
 from .structures import bucket
 
 
@@ -64,13 +65,16 @@ def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) 
     """Slots of the real atoms of each species, each padded to a bucket with the sentinel ``N``.
 
     Every species gets at least 8 slots, present or not, so that molecules of one size
-    bucket but different composition (with or without N, say) share a compilation.
+    bucket but different composition (with or without N, say) share a compilation; in
+    small systems (``N <= SMALL_SYSTEM``) all species share the capacity of the most
+    numerous one, so that composition never changes the shape.
     """
     n = len(species)
+    groups = [np.nonzero(atom_mask & (species == s))[0] for s in range(num_species)]
+    shared = bucket(max(len(g) for g in groups), minimum=8) if n <= SMALL_SYSTEM else None
     out = []
-    for s in range(num_species):
-        atoms = np.nonzero(atom_mask & (species == s))[0]
-        cap = bucket(len(atoms), minimum=8)
+    for atoms in groups:
+        cap = shared or bucket(len(atoms), minimum=8)
         idx = np.full(cap, n, dtype=np.int32)
         idx[:len(atoms)] = atoms
         out.append(idx)

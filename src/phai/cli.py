@@ -59,18 +59,17 @@ def _potential(model: str, precision: str):
 def cmd_energy(args) -> int:
     pot = _potential(args.model, args.precision)
     frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(_read_frames(f))]
-    results = []
-    for f, k, atoms in frames:
+    for f, k, atoms in frames:  # validate first, so an error names the file and frame
         try:
-            res = pot(atoms)
+            pot._validate(atoms.get_atomic_numbers(), atoms.get_positions(), atoms.info.get("charge", 0))
         except PhaiError as exc:
             raise CLIError(f"{f} frame {k}: {exc}") from None
-        results.append(res)
-        if args.json:
+    results = pot.evaluate([atoms for _, _, atoms in frames])  # padded batches: few compilations
+    if args.json:
+        for (f, k, _), res in zip(frames, results):
             print(json.dumps({"file": f, "frame": k, "energy": res.energy,
-                              "forces": np.asarray(res.forces).tolist(), "energy_std": res.energy_std}),
-                  flush=True)
-    if not args.json:
+                              "forces": np.asarray(res.forces).tolist(), "energy_std": res.energy_std}))
+    else:
         rows = [(f, k, len(atoms), atoms.get_chemical_formula(), r.energy, r.energy_std,
                  float(np.max(np.linalg.norm(r.forces, axis=1))))
                 for (f, k, atoms), r in zip(frames, results)]
@@ -165,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import phai
+
+    phai.enable_compilation_cache()  # the application's choice: reuse compiled code across runs
     if getattr(args, "precision", None) == "float64":
         import jax
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from typing import Iterable, NamedTuple, Sequence
 
 import jax
@@ -36,20 +35,20 @@ class Result(NamedTuple):
       energy_std: standard deviation of the member energies (eV, Bessel-corrected, as
         TorchANI's ``energies_qbcs``); the query-by-committee signal.
       member_energies: ``[M]`` energies of the members (eV).
+      num_atoms: ``A``.
     """
 
     energy: float
     forces: np.ndarray | None
     energy_std: float
     member_energies: np.ndarray
+    num_atoms: int
 
     @property
     def qbc(self) -> float:
-        """``energy_std / sqrt(A)`` (eV), the per-atom-normalised committee disagreement."""
-        n = len(self.forces) if self.forces is not None else None
-        if n is None:
-            raise ValueError("qbc needs the atom count; evaluate with forces=True or use energy_std")
-        return self.energy_std / np.sqrt(n)
+        """``energy_std / sqrt(A)`` (eV): the committee disagreement per square root of the
+        atom count, the criterion of the ANI-1x active learning (TorchANI's ``energies_qbcs``)."""
+        return self.energy_std / np.sqrt(self.num_atoms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +85,14 @@ class ANIPotential:
         self.config = config
         self.precision = precision
         self.traces = 0
+        self._params_cache: dict = {}
         z = [SYMBOLS.index(s) for s in config.aev.species]
         self.atomic_numbers = tuple(z)
         self._species_of_z = np.full(len(SYMBOLS), -1, dtype=np.int32)
         self._species_of_z[z] = np.arange(len(z), dtype=np.int32)
         self._energy_jit = jax.jit(self._member_energies, static_argnames="num_molecules")
         self._forces_jit = jax.jit(self._energies_and_forces, static_argnames="num_molecules")
+        self._hessian_jit = jax.jit(self._hessian, static_argnames=("a", "num_molecules"))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -141,7 +142,12 @@ class ANIPotential:
         return e, -grad
 
     def _cast_params(self):
-        return jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params)
+        """The weights as device arrays of the working dtype (cast once per dtype)."""
+        key = self.precision
+        if key not in self._params_cache:
+            with self._context():
+                self._params_cache[key] = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self._dtype), self.params)
+        return self._params_cache[key]
 
     # ------------------------------------------------------------------ host side
     def species_indices(self, numbers: np.ndarray) -> np.ndarray:
@@ -178,9 +184,9 @@ class ANIPotential:
         """
         items = as_structure_list(structures)
         checked = []
-        for k, (z, r) in enumerate(items):
+        for k, (z, r, q) in enumerate(items):
             try:
-                checked.append(self._validate(z, r))
+                checked.append(self._validate(z, r, q))
             except InputError as exc:
                 raise type(exc)(f"structure {k}: {exc}") from None
         results: list[Result] = []
@@ -203,54 +209,62 @@ class ANIPotential:
             member = (e[:, k] + sae) * HARTREE_TO_EV
             std = float(np.std(e[:, k], ddof=1) * HARTREE_TO_EV) if self.members > 1 else 0.0
             fk = None if f is None else f[packed.offsets[k]:packed.offsets[k + 1]] * HARTREE_TO_EV
-            out.append(Result(float((np.mean(e[:, k]) + sae) * HARTREE_TO_EV), fk, std, member))
+            out.append(Result(float((np.mean(e[:, k]) + sae) * HARTREE_TO_EV), fk, std, member, len(z)))
         return out
 
-    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0) -> Result:
-        """Evaluate one structure: ``pot(atoms)`` or ``pot(numbers, positions)``."""
+    def _one(self, numbers, positions, charge):
+        """Validated ``(numbers, positions)`` of one structure given in any accepted form."""
         if positions is None:
             if not hasattr(numbers, "get_positions"):
                 raise InputError("pass an ase.Atoms, or atomic numbers and positions (Å)")
-            charge = _atoms_charge(numbers) if charge == 0 else charge
+            charge = numbers.info.get("charge", 0) if charge == 0 else charge
             numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
-        z, r = self._validate(numbers, positions, charge)
-        return self._evaluate_packed([(z, r)], forces)[0]
+        return self._validate(numbers, positions, charge)
 
-    def energy(self, numbers, positions=None) -> float:
+    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0) -> Result:
+        """Evaluate one structure: ``pot(atoms)`` or ``pot(numbers, positions)``."""
+        return self._evaluate_packed([self._one(numbers, positions, charge)], forces)[0]
+
+    def energy(self, numbers, positions=None, *, charge=0) -> float:
         """Ensemble energy (eV)."""
-        return self(numbers, positions, forces=False).energy
+        return self(numbers, positions, forces=False, charge=charge).energy
 
-    def forces(self, numbers, positions=None) -> np.ndarray:
+    def forces(self, numbers, positions=None, *, charge=0) -> np.ndarray:
         """Forces ``[A, 3]`` (eV/Å)."""
-        return self(numbers, positions).forces
+        return self(numbers, positions, charge=charge).forces
 
-    def hessian(self, numbers, positions=None) -> np.ndarray:
+    def hessian(self, numbers, positions=None, *, charge=0) -> np.ndarray:
         """Hessian of the ensemble energy, ``[3A, 3A]`` (eV/Å²), by forward-over-reverse autodiff.
 
-        Use ``precision="float64"`` for vibrational analysis; float32 Hessians carry noise
-        of order 1e-3 eV/Å².
+        Use ``precision="float64"`` for vibrational analysis. ANI's CELU activation has a
+        second derivative that jumps where a hidden unit's input crosses zero, so the exact
+        Hessian can differ from coarse finite differences of the forces (steps of 1e-3 Å)
+        by ~0.1 eV/Å²; steps of 1e-5 Å agree to ~1e-6.
         """
-        if positions is None:
-            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
-        z, r = self._validate(numbers, positions)
+        z, r = self._one(numbers, positions, charge)
         packed = self.pack([(z, r)])
         a = len(z)
         with self._context():
             params = self._cast_params()
             R0 = jnp.asarray(packed.R, self._dtype)
-            h = _hessian_jit(self, params, R0, a, packed.device_args[1:], packed.num_molecules)
+            h = self._hessian_jit(params, R0, packed.device_args[1:], a=a, num_molecules=packed.num_molecules)
             h = np.asarray(h, np.float64)
         return h.reshape(3 * a, 3 * a) * HARTREE_TO_EV
 
+    def _hessian(self, params, R0, rest, *, a: int, num_molecules: int):
+        def energy(Ra):
+            e = self._member_energies(params, R0.at[:a].set(Ra), *rest, num_molecules=num_molecules)
+            return jnp.sum(jnp.mean(e, axis=0))
+
+        return jax.hessian(energy)(R0[:a])
+
     def aev(self, numbers, positions=None) -> np.ndarray:
         """AEVs ``[A, F]`` of one structure, in the potential's precision."""
-        if positions is None:
-            numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
-        return self.aevs([(numbers, positions)])[0]
+        return self.aevs([self._one(numbers, positions, 0)])[0]
 
     def aevs(self, structures: Iterable) -> list[np.ndarray]:
         """AEVs ``[A_b, F]`` of many structures, computed in one padded batch."""
-        checked = [self._validate(z, r) for z, r in as_structure_list(structures)]
+        checked = [self._validate(z, r, q) for z, r, q in as_structure_list(structures)]
         p = self.pack(checked)
         with self._context():
             g = np.asarray(_aev_jit(jnp.asarray(p.R, self._dtype), p.species, p.pairs, p.triples,
@@ -259,21 +273,6 @@ class ANIPotential:
 
 
 _aev_jit = jax.jit(aev_fn, static_argnames="params")
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 5))
-def _hessian_jit(pot: ANIPotential, params, R0, a: int, rest, num_molecules: int):
-    def energy(Ra):
-        R = R0.at[:a].set(Ra)
-        e = pot._member_energies(params, R, *rest, num_molecules=num_molecules)
-        return jnp.sum(jnp.mean(e, axis=0))
-
-    return jax.hessian(energy)(R0[:a])
-
-
-def _atoms_charge(atoms) -> int:
-    charge = atoms.info.get("charge", 0) if hasattr(atoms, "info") else 0
-    return charge
 
 
 def load_ani(name: str, precision: str = "float32") -> ANIPotential:

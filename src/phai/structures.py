@@ -143,14 +143,18 @@ def bucket(n: int, minimum: int = 8) -> int:
 
 
 def as_structure_list(structures: Iterable) -> list:
-    """Normalise ``ase.Atoms`` objects or ``(numbers, positions)`` pairs to a list of pairs."""
+    """Normalise structures to a list of ``(numbers, positions, charge)``.
+
+    Accepts ``ase.Atoms`` (charge from ``atoms.info["charge"]``, default 0),
+    ``(numbers, positions)`` pairs (charge 0) and ``(numbers, positions, charge)`` triples.
+    """
     out = []
     for k, s in enumerate(structures):
         if hasattr(s, "get_atomic_numbers") and hasattr(s, "get_positions"):
-            out.append((s.get_atomic_numbers(), s.get_positions()))
-        elif isinstance(s, (tuple, list)) and len(s) == 2:
-            out.append((s[0], s[1]))
+            out.append((s.get_atomic_numbers(), s.get_positions(), s.info.get("charge", 0)))
+        elif isinstance(s, (tuple, list)) and len(s) in (2, 3):
+            out.append((s[0], s[1], s[2] if len(s) == 3 else 0))
         else:
-            raise InputError(
-                f"structure {k}: expected an ase.Atoms or a (numbers, positions) pair, got {type(s).__name__}")
+            raise InputError(f"structure {k}: expected an ase.Atoms, a (numbers, positions) pair or a "
+                             f"(numbers, positions, charge) triple, got {type(s).__name__}")
     return out

@@ -121,6 +121,11 @@ def angular_capacity(max_neighbors: int) -> int:
     return bucket(max_neighbors)
 
 
+SMALL_SYSTEM = 48
+"""Slot counts up to this get capacities that depend on the slot count alone."""
+SMALL_ANGULAR = 16
+
+
 class PairLists(NamedTuple):
     """Flat lists for a padded system of ``N`` slots (sentinel ``N`` pads both).
 
@@ -129,8 +134,11 @@ class PairLists(NamedTuple):
       triples: ``[3, T]`` int32 ``(centre, j, k)``, ``j < k`` both within the angular
         cutoff of the centre.
 
-    ``P`` and ``T`` are padded to :func:`phai.structures.bucket` sizes. Each pair appears
-    once (TorchANI's layout), so the work is half that of a dense list.
+    Each pair appears once (TorchANI's layout), so the work is half that of a dense list.
+    Capacities depend on the slot count ``N`` as far as possible, so that molecules of
+    one size bucket share a compilation: for ``N <= SMALL_SYSTEM`` they are all pairs and
+    ``N * 16 * 15 / 2`` triples (room for 16 angular neighbors per atom, more than
+    organic molecules have within 3.5 Å); above, :func:`per_slot_capacity`.
     """
 
     pairs: np.ndarray
@@ -152,7 +160,9 @@ def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.n
     i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
     i, j = real[i], real[j]
     half = i < j
-    pairs = np.full((2, bucket(int(half.sum()))), n, dtype=np.int32)
+    small = n <= SMALL_SYSTEM
+    p_cap = n * (n - 1) // 2 if small else per_slot_capacity(int(half.sum()), n)
+    pairs = np.full((2, p_cap), n, dtype=np.int32)
     pairs[:, :half.sum()] = np.stack([i[half], j[half]])
     close = d <= angular_cutoff
     dense = dense_from_pairs(i[close], j[close], n, None)
@@ -164,6 +174,26 @@ def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.n
     keep = (tj < n) & (tk < n)
     centre = np.broadcast_to(np.arange(n)[:, None], tj.shape)[keep]
     t = int(keep.sum())
-    triples = np.full((3, bucket(t)), n, dtype=np.int32)
+    if small:  # every atom with up to SMALL_ANGULAR angular neighbors
+        t_cap = max(t, n * SMALL_ANGULAR * (SMALL_ANGULAR - 1) // 2)
+        t_cap = t_cap if t_cap == n * SMALL_ANGULAR * (SMALL_ANGULAR - 1) // 2 else per_slot_capacity(t, n)
+    else:
+        t_cap = per_slot_capacity(t, n)
+    triples = np.full((3, t_cap), n, dtype=np.int32)
     triples[:, :t] = np.stack([centre, tj[keep], tk[keep]])
     return PairLists(pairs, triples)
+
+
+def per_slot_capacity(count: int, slots: int) -> int:
+    """Capacity for ``count`` entries of a system of ``slots`` atom slots: ``slots`` times a
+    per-atom count from the ladder 1, 2, 3, 4, 6, 8, 12, ... (:func:`bucket` below 8).
+
+    Tying the capacity to the (already bucketed) slot count means molecules of one size
+    bucket and similar density share a shape, whatever their exact pair count.
+    """
+    per_atom = -(-count // max(slots, 1))
+    if per_atom <= 4:
+        ladder = max(per_atom, 1)
+    else:
+        ladder = bucket(per_atom, minimum=1) if per_atom > 8 else (6 if per_atom <= 6 else 8)
+    return slots * ladder

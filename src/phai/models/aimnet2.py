@@ -439,7 +439,11 @@ class AIMNet2:
         out.energy, out.forces, out.charges
     """
 
-    def __init__(self, arrays: dict, config: dict, *, block_size: int = 512, member_batch: int | None = None):
+    def __init__(self, arrays: dict, config: dict, *, block_size: int = 512, member_batch: int | None = None,
+                 precision: str | None = None):
+        if precision not in (None, "float32", "float64"):
+            raise InputError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        self.precision = precision
         self.config = config
         self.cfg = AIMNet2Config.from_config(config)
         self.name = config.get("name", "aimnet2")
@@ -500,7 +504,13 @@ class AIMNet2:
         return AIMNet2Inputs(pos, species, nbr, mask, q, a, z)
 
     def evaluate(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
-        """Run the ensemble on prepared inputs in the current JAX precision."""
+        """Run the ensemble on prepared inputs (in ``precision``, or JAX's current one if None)."""
+        if self.precision is not None:
+            with jax.enable_x64(self.precision == "float64"):
+                return self._evaluate(inputs)
+        return self._evaluate(inputs)
+
+    def _evaluate(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
         dtype = jnp.result_type(float)
         member, shared = self.params(dtype)
         out = _ensemble_jit(member, shared, jnp.asarray(inputs.positions, dtype), jnp.asarray(inputs.species),
