@@ -74,11 +74,18 @@ def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) 
     shared = bucket(max(len(g) for g in groups), minimum=8) if n <= SMALL_SYSTEM else None
     out = []
     for atoms in groups:
-        cap = shared or bucket(len(atoms), minimum=8)
+        cap = shared or _species_capacity(len(atoms))
         idx = np.full(cap, n, dtype=np.int32)
         idx[:len(atoms)] = atoms
         out.append(idx)
     return tuple(out)
+
+
+def _species_capacity(count: int) -> int:
+    """Slots for one species: the 1.5x ladder up to 256 atoms, then multiples of 64 (a
+    large system's composition is fixed along a trajectory, and each padded slot costs a
+    full network evaluation)."""
+    return bucket(count, minimum=8) if count <= 256 else -(-count // 64) * 64
 
 
 def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray], *, num_species: int,
