@@ -22,4 +22,10 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -c "import phai" >/dev/null
     touch "$stamp"
 fi
-.venv/bin/phai fetch >/dev/null
+# Weights: the ANI ensembles need nothing but the wheels; AIMNet2's converter needs torch,
+# which only the test extras install.
+if [ "$extra" = "test" ]; then
+    .venv/bin/phai fetch >/dev/null
+else
+    .venv/bin/phai fetch ani-1x ani-1ccx >/dev/null
+fi
