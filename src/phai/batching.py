@@ -15,7 +15,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .geometry import host_pair_lists
-from .geometry.neighbors import SMALL_SYSTEM
 from .structures import bucket
 
 
@@ -61,17 +60,22 @@ class Packed(NamedTuple):
                 tuple(len(a) for a in self.species_atoms), self.num_molecules)
 
 
+SHARED_SPECIES_SLOTS = 512
+
+
 def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) -> tuple:
     """Slots of the real atoms of each species, each padded to a bucket with the sentinel ``N``.
 
     Every species gets at least 8 slots, present or not, so that molecules of one size
     bucket but different composition (with or without N, say) share a compilation; in
-    small systems (``N <= SMALL_SYSTEM``) all species share the capacity of the most
-    numerous one, so that composition never changes the shape.
+    small systems all species share the capacity of the most
+    numerous one, so that composition never changes the shape (up to
+    ``SHARED_SPECIES_SLOTS`` slots; larger systems, typically one composition along a
+    trajectory, get a capacity per species to save network evaluations).
     """
     n = len(species)
     groups = [np.nonzero(atom_mask & (species == s))[0] for s in range(num_species)]
-    shared = bucket(max(len(g) for g in groups), minimum=8) if n <= SMALL_SYSTEM else None
+    shared = bucket(max(len(g) for g in groups), minimum=8) if n <= SHARED_SPECIES_SLOTS else None
     out = []
     for atoms in groups:
         cap = shared or _species_capacity(len(atoms))

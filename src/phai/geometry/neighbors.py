@@ -161,7 +161,7 @@ def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.n
     i, j = real[i], real[j]
     half = i < j
     small = n <= SMALL_SYSTEM
-    p_cap = n * (n - 1) // 2 if small else per_slot_capacity(int(half.sum()), n)
+    p_cap = n * (n - 1) // 2 if small else per_slot_capacity(int(half.sum()), n, floor=16)
     pairs = np.full((2, p_cap), n, dtype=np.int32)
     pairs[:, :half.sum()] = np.stack([i[half], j[half]])
     close = d <= angular_cutoff
@@ -174,26 +174,20 @@ def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.n
     keep = (tj < n) & (tk < n)
     centre = np.broadcast_to(np.arange(n)[:, None], tj.shape)[keep]
     t = int(keep.sum())
-    if small:  # every atom with up to SMALL_ANGULAR angular neighbors
-        t_cap = max(t, n * SMALL_ANGULAR * (SMALL_ANGULAR - 1) // 2)
-        t_cap = t_cap if t_cap == n * SMALL_ANGULAR * (SMALL_ANGULAR - 1) // 2 else per_slot_capacity(t, n)
-    else:
-        t_cap = per_slot_capacity(t, n)
+    small_t = n * SMALL_ANGULAR * (SMALL_ANGULAR - 1) // 2
+    t_cap = small_t if small and t <= small_t else per_slot_capacity(t, n, floor=48)
     triples = np.full((3, t_cap), n, dtype=np.int32)
     triples[:, :t] = np.stack([centre, tj[keep], tk[keep]])
     return PairLists(pairs, triples)
 
 
-def per_slot_capacity(count: int, slots: int) -> int:
-    """Capacity for ``count`` entries of a system of ``slots`` atom slots: ``slots`` times a
-    per-atom count from the ladder 1, 2, 3, 4, 6, 8, 12, ... (:func:`bucket` below 8).
+def per_slot_capacity(count: int, slots: int, floor: int = 8) -> int:
+    """Capacity for ``count`` entries of a system of ``slots`` atom slots: ``slots`` times
+    the per-atom count ``count / slots`` rounded up on the ladder of :func:`bucket`
+    (16, 24, 32, 48, 64, 96, 128, ...), at least ``floor``.
 
-    Tying the capacity to the (already bucketed) slot count means molecules of one size
-    bucket and similar density share a shape, whatever their exact pair count.
+    Tying the capacity to the (already bucketed) slot count, on a coarse ladder, means
+    molecules of one size bucket share a shape whatever their exact pair count: organic
+    molecules need 16-32 pairs and 48-96 triples per atom, liquid water 32 and 96.
     """
-    per_atom = -(-count // max(slots, 1))
-    if per_atom <= 4:
-        ladder = max(per_atom, 1)
-    else:
-        ladder = bucket(per_atom, minimum=1) if per_atom > 8 else (6 if per_atom <= 6 else 8)
-    return slots * ladder
+    return slots * bucket(-(-count // max(slots, 1)), minimum=floor)
