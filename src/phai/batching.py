@@ -60,7 +60,7 @@ class Packed(NamedTuple):
                 tuple(len(a) for a in self.species_atoms), self.num_molecules)
 
 
-SHARED_SPECIES_SLOTS = 512
+SHARED_SPECIES_SLOTS = 48
 
 
 def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) -> tuple:
@@ -78,18 +78,30 @@ def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) 
     shared = bucket(max(len(g) for g in groups), minimum=8) if n <= SHARED_SPECIES_SLOTS else None
     out = []
     for atoms in groups:
-        cap = shared or _species_capacity(len(atoms))
+        cap = shared or _species_capacity(len(atoms), n)
         idx = np.full(cap, n, dtype=np.int32)
         idx[:len(atoms)] = atoms
         out.append(idx)
     return tuple(out)
 
 
-def _species_capacity(count: int) -> int:
-    """Slots for one species: the 1.5x ladder up to 256 atoms, then multiples of 64 (a
-    large system's composition is fixed along a trajectory, and each padded slot costs a
-    full network evaluation)."""
-    return bucket(count, minimum=8) if count <= 256 else -(-count // 64) * 64
+_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)
+
+
+def _species_capacity(count: int, slots: int) -> int:
+    """Slots for one species: a fraction (1/8, 1/4, 1/2, 3/4 or all) of the
+    system's ``slots``, at least 8; above 1024 slots, multiples of 64 (large systems keep
+    one composition along a trajectory, and each padded slot costs a network evaluation).
+
+    Tying capacities to the bucketed slot count keeps the number of distinct shapes, and so
+    of compilations, small across compositions.
+    """
+    if slots > 1024:
+        return max(8, -(-count // 64) * 64)
+    for f in _FRACTIONS:
+        if count <= f * slots:
+            return max(8, int(f * slots))
+    return slots
 
 
 def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray], *, num_species: int,
