@@ -9,6 +9,7 @@ NeuroChem files, in float64. Tolerances:
   molecules up to 45 atoms (we measure ~1e-5 eV and ~3e-5 eV/Å).
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -80,3 +81,29 @@ def test_ani_1x_and_1ccx_differ(frames):
     e1 = phai.load("ani-1x").energy(frames[8])
     e2 = phai.load("ani-1ccx").energy(frames[8])
     assert abs(e1 - e2) > 0.1
+
+
+def test_terms_equal_torchani_functions(x64):
+    """Stage by stage: phai's radial and angular terms against torchani.aev's own functions."""
+    import torch
+    import torchani.aev as ta
+
+    from phai.pretrained import load_arrays
+    from phai.descriptors.aev import AEVParams, angular_terms, radial_terms
+
+    _, cfg = load_arrays("ani-1x")
+    p = AEVParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["aev"].items()})
+    rng = np.random.default_rng(5)
+    d = rng.uniform(0.6, 5.3, 200)  # some beyond the cutoff: TorchANI's terms there are not 0, ours are
+    d_in = d[d <= p.Rcr]
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    ref = ta.radial_terms(p.Rcr, t(p.EtaR).view(-1, 1), t(p.ShfR).view(1, -1), t(d_in)).numpy()
+    np.testing.assert_allclose(np.asarray(radial_terms(jnp.asarray(d_in), p)), ref, atol=1e-14)
+    assert np.all(np.asarray(radial_terms(jnp.asarray(d[d > p.Rcr]), p)) == 0.0)
+    v = rng.normal(size=(2, 300, 3))
+    v *= (rng.uniform(0.7, 3.5, (2, 300, 1)) / np.linalg.norm(v, axis=-1, keepdims=True))
+    ref = ta.angular_terms(p.Rca, t(p.ShfZ).view(1, 1, 1, -1), t(p.EtaA).view(-1, 1, 1, 1), t(p.Zeta).view(1, -1, 1, 1),
+                           t(p.ShfA).view(1, 1, -1, 1), t(v)).numpy()
+    dj, dk = np.linalg.norm(v[0], axis=-1), np.linalg.norm(v[1], axis=-1)
+    got = angular_terms(jnp.asarray(v[0]), jnp.asarray(v[1]), jnp.asarray(dj), jnp.asarray(dk), p)
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-13)

@@ -297,9 +297,4 @@ def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
     return jnp.concatenate([radial, angular], axis=-1)
 
 
-def aev_length(params: AEVParams) -> int:
-    """Length of the AEV of ``params`` (kept for symmetry with TorchANI's ``aev_length``)."""
-    return params.length
-
-
 __all__: Sequence[str] = ("AEVParams", "aev", "radial_terms", "angular_factors", "angular_terms")

@@ -16,10 +16,8 @@ Conventions (shared by every descriptor in phai):
 
 from .cutoff import cosine_cutoff
 from .neighbors import (
-    NeighborLists,
     PairLists,
     dense_from_pairs,
-    host_neighbor_lists,
     host_pair_lists,
     neighbor_pairs,
 )
@@ -33,9 +31,7 @@ from .pairs import (
 
 __all__ = [
     "cosine_cutoff",
-    "NeighborLists",
     "dense_from_pairs",
-    "host_neighbor_lists",
     "neighbor_pairs",
     "neighbor_vectors",
     "triu_slot_pairs",

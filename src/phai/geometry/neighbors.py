@@ -16,18 +16,6 @@ import numpy as np
 from ..structures import bucket
 
 
-class NeighborLists(NamedTuple):
-    """Dense radial and angular neighbor lists for a flat set of ``N`` atom slots.
-
-    Attributes:
-      radial: ``[N, Kr]`` int32, neighbors within the radial cutoff; sentinel ``N``.
-      angular: ``[N, Ka]`` int32, the subset within the angular cutoff; sentinel ``N``.
-    """
-
-    radial: np.ndarray
-    angular: np.ndarray
-
-
 def neighbor_pairs(positions: np.ndarray, cutoff: float,
                    segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All ordered pairs ``(i, j)``, ``i != j``, with ``|R_j - R_i| <= cutoff``, free space.
@@ -81,44 +69,6 @@ def dense_from_pairs(i: np.ndarray, j: np.ndarray, n: int, capacity: int | None 
         rank = np.arange(len(i)) - start[i]
         idx[i, rank] = j
     return idx
-
-
-def host_neighbor_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.ndarray,
-                        radial_cutoff: float, angular_cutoff: float,
-                        capacity: tuple[int, int] | None = None) -> NeighborLists:
-    """Radial and angular dense neighbor lists for a padded flat system.
-
-    Args:
-      positions: ``[N, 3]`` (Å); rows of padding slots are ignored.
-      atom_mask: ``[N]`` bool, True for real atoms.
-      segments: ``[N]`` int molecule index of each slot.
-      radial_cutoff, angular_cutoff: Å, with ``angular_cutoff <= radial_cutoff``.
-      capacity: optional fixed ``(Kr, Ka)``.
-
-    Returns:
-      :class:`NeighborLists` over all ``N`` slots (padding rows are empty).
-    """
-    n = len(positions)
-    real = np.nonzero(atom_mask)[0]
-    i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
-    i, j = real[i], real[j]
-    close = d <= angular_cutoff
-    if capacity is None:
-        counts = np.bincount(i[close], minlength=n)
-        capacity = (None, angular_capacity(int(counts.max()) if n else 0))
-    kr, ka = capacity
-    return NeighborLists(dense_from_pairs(i, j, n, kr), dense_from_pairs(i[close], j[close], n, ka))
-
-
-def angular_capacity(max_neighbors: int) -> int:
-    """Angular list capacity: a multiple of 4 up to 32, then the 1.5x ladder.
-
-    An angular term costs ``Ka (Ka - 1) / 2`` slot pairs per atom, so ``Ka`` is kept
-    tighter than other capacities (organic molecules and water need 8 to 24).
-    """
-    if max_neighbors <= 32:
-        return max(8, -(-max_neighbors // 4) * 4)
-    return bucket(max_neighbors)
 
 
 SMALL_SYSTEM = 48
