@@ -85,11 +85,11 @@ def species_slots(species: np.ndarray, atom_mask: np.ndarray, num_species: int) 
     return tuple(out)
 
 
-_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)
+_FRACTIONS = tuple(k / 8 for k in range(1, 9))
 
 
 def _species_capacity(count: int, slots: int) -> int:
-    """Slots for one species: a fraction (1/8, 1/4, 1/2, 3/4 or all) of the
+    """Slots for one species: a multiple of 1/8 of the
     system's ``slots``, at least 8; above 1024 slots, multiples of 64 (large systems keep
     one composition along a trajectory, and each padded slot costs a network evaluation).
 
