@@ -439,7 +439,7 @@ def main():
     water_sizes = [100] if quick else [100, 500, 2000]
     for n in water_sizes:
         z, r = water_cluster(n, seed=n)
-        singles.append((f"water cluster", (z, r)))
+        singles.append(("water cluster", (z, r)))
     n_mols = 200 if quick else 2000
     t0 = time.perf_counter()
     mols, n_smiles = small_molecules(n_mols)

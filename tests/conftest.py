@@ -3,7 +3,6 @@ same NeuroChem files phai converts (torchani's own ANI1x() constructor would dow
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 import zipfile
@@ -13,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
+import phai
+
 DATA = Path(__file__).parent / "data"
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-phai_enable_cache = __import__("phai").enable_compilation_cache
-phai_enable_cache()  # compiled code is keyed by its HLO: safe to share between runs
+phai.enable_compilation_cache()  # compiled code is keyed by its HLO: safe to share between runs
 
 
 @pytest.fixture

@@ -59,12 +59,8 @@ def _potential(model: str, precision: str):
 def cmd_energy(args) -> int:
     pot = _potential(args.model, args.precision)
     frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(_read_frames(f))]
-    for f, k, atoms in frames:  # validate first, so an error names the file and frame
-        try:
-            pot._validate(atoms.get_atomic_numbers(), atoms.get_positions(), atoms.info.get("charge", 0))
-        except PhaiError as exc:
-            raise CLIError(f"{f} frame {k}: {exc}") from None
-    results = pot.evaluate([atoms for _, _, atoms in frames])  # padded batches: few compilations
+    # one call in padded batches (few compilations); an error names the file and frame
+    results = pot.evaluate([atoms for _, _, atoms in frames], labels=[f"{f} frame {k}" for f, k, _ in frames])
     if args.json:
         for (f, k, _), res in zip(frames, results):
             print(json.dumps({"file": f, "frame": k, "energy": res.energy,
@@ -112,7 +108,7 @@ def cmd_demo(args) -> int:
     print()
     print(f"energy            {res.energy:.6f} eV")
     print(f"ensemble std      {res.energy_std:.6f} eV  ({res.energy_std / np.sqrt(len(atoms)):.6f} eV/sqrt(atom))")
-    print(f"member energies   " + " ".join(f"{e:.4f}" for e in res.member_energies) + " eV")
+    print("member energies   " + " ".join(f"{e:.4f}" for e in res.member_energies) + " eV")
     print(f"max |force|       {np.max(np.linalg.norm(res.forces, axis=1)):.5f} eV/Å")
     print(f"time              {1e3 * (t1 - t0):.0f} ms first call (compilation), {1e3 * (t2 - t1):.2f} ms after")
     return 0

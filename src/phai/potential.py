@@ -61,9 +61,6 @@ class ANIConfig:
     activations: dict
     members: int
 
-    def __hash__(self):
-        return hash((self.name, self.aev, self.members))
-
 
 class ANIPotential:
     """An ANI ensemble ready to evaluate (energies, forces, uncertainty, Hessians).
@@ -176,11 +173,14 @@ class ANIPotential:
             e = self._energy_jit(params, *args, **packed.static_args)
             return np.asarray(e, np.float64), None
 
-    def evaluate(self, structures: Iterable, *, forces: bool = True, max_batch_atoms: int = 4096) -> list[Result]:
-        """Evaluate many structures (``ase.Atoms`` or ``(numbers, positions)`` pairs).
+    def evaluate(self, structures: Iterable, *, forces: bool = True, max_batch_atoms: int = 4096,
+                 labels: Sequence[str] | None = None) -> list[Result]:
+        """Evaluate many structures (``ase.Atoms``, ``(numbers, positions)`` pairs or
+        ``(numbers, positions, charge)`` triples).
 
-        Structures are validated one by one (an error names the structure), then packed
-        into batches of at most ``max_batch_atoms`` atoms.
+        Structures are validated one by one, then packed into batches of at most
+        ``max_batch_atoms`` atoms. An error names the structure by ``labels[k]`` if given,
+        else ``"structure k"``.
         """
         items = as_structure_list(structures)
         checked = []
@@ -188,7 +188,7 @@ class ANIPotential:
             try:
                 checked.append(self._validate(z, r, q))
             except InputError as exc:
-                raise type(exc)(f"structure {k}: {exc}") from None
+                raise type(exc)(f"{labels[k] if labels else f'structure {k}'}: {exc}") from None
         results: list[Result] = []
         start = 0
         while start < len(checked):
