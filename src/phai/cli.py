@@ -11,6 +11,9 @@
 ``phai models``
     List the pretrained models.
 
+Further commands live one per module in :mod:`phai.commands` (listed in ``COMMANDS``); each
+module has ``register(subparsers)``, which adds its parser and sets ``func``.
+
 Errors print one line ``phai: error: ...`` on stderr and exit with status 2.
 """
 
@@ -27,12 +30,15 @@ from .errors import PhaiError
 
 BUNDLED = Path(__file__).parent / "data" / "molecules"
 
+# Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
+COMMANDS: tuple[str, ...] = ()
+
 
 class CLIError(Exception):
     """An error to report as one line."""
 
 
-def _read_frames(path: str):
+def read_frames(path: str):
     import ase.io
 
     p = Path(path)
@@ -58,7 +64,7 @@ def _potential(model: str, precision: str):
 
 def cmd_energy(args) -> int:
     pot = _potential(args.model, args.precision)
-    frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(_read_frames(f))]
+    frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(read_frames(f))]
     # one call in padded batches (few compilations); an error names the file and frame
     results = pot.evaluate([atoms for _, _, atoms in frames], labels=[f"{f} frame {k}" for f, k, _ in frames])
     if args.json:
@@ -155,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list pretrained models")
     m.set_defaults(func=cmd_models)
+
+    import importlib
+
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
     return p
 
 

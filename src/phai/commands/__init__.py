@@ -1,0 +1,1 @@
+"""Subcommands of the ``phai`` command, one module each (see :data:`phai.cli.COMMANDS`)."""
