@@ -1,0 +1,326 @@
+"""jax-md energy functions for phai potentials (ANI), free and periodic.
+
+Named after jax-md's own scheme (``energy.lennard_jones_pair`` /
+``energy.lennard_jones_neighbor_list``)::
+
+    energy_fn = ani_energy(potential, displacement_fn, numbers)            # all pairs
+    neighbor_fn, energy_fn = ani_neighbor_list(potential, displacement_fn, box, numbers)
+
+``energy_fn(R, ...)`` returns the ensemble-mean energy in eV (self energies included) of
+positions ``R [A, 3]`` in Å (or fractional coordinates, if the space uses them). It is a
+pure JAX function: use it under ``jit``, ``grad``, ``lax.scan`` and with jax-md's
+integrators (``simulate.nve``, ``nvt_nose_hoover``, ``nvt_langevin``) and minimisers
+(``minimize.fire_descent``). The dtype follows ``R``: float32 by default, float64 when
+x64 is enabled and ``R`` is float64 (the weights are cast to ``R``'s dtype).
+
+Periodic spaces (``space.periodic``, ``space.periodic_general``) must have every
+perpendicular cell width at least twice the radial cutoff (:mod:`phai.md.periodic`); a
+smaller cell is an :class:`phai.errors.InputError` (replicate it yourself).
+
+Other phai potentials follow the same path: a function of ``(R, pairs, triples,
+displacement_fn)`` (flat lists with sentinel ``A``, see :mod:`phai.geometry`) returning
+eV is wrapped by :func:`energy_from_lists` builders below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import dataclasses as jmd_dataclasses
+from jax_md import partition
+
+from ..errors import InputError
+from ..geometry import pairs_from_dense, triples_from_dense
+from ..models.ani import ani_member_energies
+from ..units import HARTREE_TO_EV
+from .periodic import box_matrix, check_cell, wrap_positions
+
+# --------------------------------------------------------------------------- core
+
+
+def _species_layout(potential, numbers):
+    """Validated species indices ``[A]``, per-species slots and the self energy (eV)."""
+    z = np.asarray(numbers)
+    if z.ndim != 1 or z.size == 0:
+        raise InputError(f"numbers must be a non-empty 1-D array of atomic numbers, got shape {z.shape}")
+    from ..structures import atomic_numbers
+
+    z = atomic_numbers(z)
+    unknown = sorted(set(z.tolist()) - set(potential.atomic_numbers))
+    if unknown:
+        from ..errors import UnsupportedElementError
+        from ..structures import SYMBOLS
+
+        raise UnsupportedElementError(
+            f"{potential.name} does not support {', '.join(SYMBOLS[u] for u in unknown)} "
+            f"(supported: {', '.join(potential.species)})")
+    species = potential.species_indices(z).astype(np.int32)
+    slots = tuple(np.nonzero(species == s)[0].astype(np.int32) for s in range(len(potential.species)))
+    sae_ev = float(np.sum(potential.sae[species]) * HARTREE_TO_EV)
+    return species, slots, sae_ev
+
+
+def ani_energy_from_lists(potential, numbers) -> Callable:
+    """``f(R, pairs, triples, displacement_fn) -> energy (eV)`` for a fixed composition.
+
+    Args:
+      potential: :class:`phai.potential.ANIPotential`.
+      numbers: ``[A]`` atomic numbers (or symbols), fixed along a trajectory.
+
+    The returned function takes ``R [A, 3]``, flat ``pairs [2, P]`` (``i < j`` within the
+    radial cutoff, sentinel ``A``), ``triples [3, T]`` (centre, j, k, both within the
+    angular cutoff) and a jax-md displacement (``None`` = free space). Pairs or triples
+    beyond the cutoffs contribute exactly zero, so lists may hold extra entries.
+    """
+    species, slots, sae_ev = _species_layout(potential, numbers)
+    n = len(species)
+    params = potential.params
+    aev_params, acts = potential.config.aev, potential.config.activations
+    atom_mask = np.ones(n, dtype=bool)
+    mol_index = np.zeros(n, dtype=np.int32)
+
+    def energy(R, pairs, triples, displacement_fn=None):
+        if R.shape != (n, 3):
+            raise InputError(f"positions must have shape ({n}, 3) for this energy function, got {R.shape}")
+        p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, R.dtype), params)
+        e = ani_member_energies(p, aev_params, acts, R, species, atom_mask, mol_index, pairs, triples,
+                                slots, 1, displacement_fn)
+        return jnp.mean(e[:, 0]) * HARTREE_TO_EV + sae_ev
+
+    return energy
+
+
+def _bind(displacement_fn, kwargs):
+    """The displacement with a jax-md ``box`` keyword bound (NPT / strained cells)."""
+    if displacement_fn is None:
+        return None
+    dkw = {k: kwargs[k] for k in ("box", "new_box") if k in kwargs}
+    if not dkw:
+        return displacement_fn
+    return lambda Ra, Rb: displacement_fn(Ra, Rb, **dkw)
+
+
+def _is_periodic(displacement_fn, box, fractional_coordinates: bool) -> bool:
+    """True if the displacement maps a full lattice vector to ~0 (a periodic space)."""
+    if box is None:
+        return False
+    a = np.eye(3)[0] if fractional_coordinates else box_matrix(box)[:, 0]
+    d = np.asarray(displacement_fn(jnp.zeros(3), jnp.asarray(a, jnp.float32)))
+    return bool(np.linalg.norm(d) < 1e-3 * max(np.linalg.norm(a), 1.0))
+
+
+# --------------------------------------------------------------------------- all pairs
+
+
+ALL_PAIRS_MAX_ATOMS = 400
+
+
+def all_pair_lists(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair ``[2, A(A-1)/2]`` and every triple ``[3, A (A-1)(A-2)/2]``."""
+    i, j = np.triu_indices(n, 1)
+    pairs = np.stack([i, j]).astype(np.int32)
+    c, tj, tk = [], [], []
+    for centre in range(n):
+        others = np.delete(np.arange(n), centre)
+        p, q = np.triu_indices(len(others), 1)
+        c.append(np.full(len(p), centre))
+        tj.append(others[p])
+        tk.append(others[q])
+    triples = np.stack([np.concatenate(c), np.concatenate(tj), np.concatenate(tk)]).astype(np.int32) \
+        if n >= 3 else np.full((3, 1), n, dtype=np.int32)
+    return pairs, triples
+
+
+def ani_energy(potential, displacement_fn, numbers, *, box=None, fractional_coordinates: bool = False) -> Callable:
+    """jax-md energy function over all pairs and triples (molecules, small periodic cells).
+
+    Args:
+      potential: :class:`phai.potential.ANIPotential` (``phai.load("ani-1x")``).
+      displacement_fn: from ``jax_md.space`` (``free()``, ``periodic(side)``,
+        ``periodic_general(box)``).
+      numbers: ``[A]`` atomic numbers of the atoms, in the order of ``R``.
+      box: the cell if the space is periodic (checked: every width >= 2 x cutoff).
+      fractional_coordinates: as the space was built (only used for the check).
+
+    Returns:
+      ``energy_fn(R, **kwargs) -> eV``; a ``box=`` keyword is passed on to the
+      displacement. Cost grows as ``A^3`` (all triples): up to
+      ``ALL_PAIRS_MAX_ATOMS`` atoms; use :func:`ani_neighbor_list` beyond.
+    """
+    core = ani_energy_from_lists(potential, numbers)
+    n = len(np.asarray(numbers))
+    if n > ALL_PAIRS_MAX_ATOMS:
+        raise InputError(f"ani_energy evaluates all {n}^3/2 atom triples; above {ALL_PAIRS_MAX_ATOMS} atoms "
+                         f"use phai.md.ani_neighbor_list")
+    if box is not None and _is_periodic(displacement_fn, box, fractional_coordinates):
+        check_cell(box, potential.cutoff, model=potential.name)
+    pairs, triples = all_pair_lists(n)
+
+    def energy_fn(R, **kwargs):
+        return core(R, pairs, triples, _bind(displacement_fn, kwargs))
+
+    return energy_fn
+
+
+# --------------------------------------------------------------------------- neighbor lists
+
+
+@jmd_dataclasses.dataclass
+class ANINeighborList:
+    """Two jax-md Dense neighbor lists: radial (``Rcr`` + skin) and angular (``Rca`` + skin).
+
+    A pytree: carry it through ``jit`` and ``lax.scan``. ``did_buffer_overflow`` is a
+    traced bool; when it is True the energies computed with this list may be wrong and
+    the list must be re-allocated (:func:`safe_update`, :func:`run_chunked`).
+    """
+
+    radial: partition.NeighborList
+    angular: partition.NeighborList
+
+    @property
+    def did_buffer_overflow(self):
+        return self.radial.did_buffer_overflow | self.angular.did_buffer_overflow
+
+    @property
+    def idx(self):
+        """The radial list's ``[A, K]`` indices (jax-md's attribute)."""
+        return self.radial.idx
+
+    @property
+    def capacities(self) -> tuple[int, int]:
+        """Neighbor slots per atom ``(radial, angular)``."""
+        return int(self.radial.idx.shape[1]), int(self.angular.idx.shape[1])
+
+
+@jmd_dataclasses.dataclass
+class ANINeighborListFns:
+    """``allocate(R, extra_capacity=0)`` (host, not jittable) and ``update(R, nbrs)`` (jittable),
+    like jax-md's ``NeighborListFns``. Periodic positions are wrapped into the cell first."""
+
+    radial_fn: partition.NeighborListFns = jmd_dataclasses.static_field()
+    angular_fn: partition.NeighborListFns = jmd_dataclasses.static_field()
+    wrap: Callable = jmd_dataclasses.static_field()
+
+    def allocate(self, R, extra_capacity: int = 0, **kwargs) -> ANINeighborList:
+        R = self.wrap(jnp.asarray(R))
+        return ANINeighborList(self.radial_fn.allocate(R, extra_capacity, **kwargs),
+                               self.angular_fn.allocate(R, extra_capacity, **kwargs))
+
+    def update(self, R, nbrs: ANINeighborList, **kwargs) -> ANINeighborList:
+        R = self.wrap(R)
+        return ANINeighborList(self.radial_fn.update(R, nbrs.radial, **kwargs),
+                               self.angular_fn.update(R, nbrs.angular, **kwargs))
+
+
+def ani_neighbor_list(potential, displacement_fn, box, numbers, *, fractional_coordinates: bool = False,
+                      dr_threshold: float = 0.5, capacity_multiplier: float = 1.25,
+                      disable_cell_list: bool = False) -> tuple[ANINeighborListFns, Callable]:
+    """jax-md neighbor-list energy function (linear cost; large and periodic systems).
+
+    Args:
+      potential: :class:`phai.potential.ANIPotential`.
+      displacement_fn: from ``jax_md.space`` (free, ``periodic``, ``periodic_general``).
+      box: the jax-md box (scalar, ``[3]`` sides, or ``[3, 3]`` with lattice vectors as
+        columns; ``phai.md.box_from_cell(atoms.cell)``). Periodic cells need every width
+        >= 2 x the radial cutoff (else :class:`InputError`). In free space it only sizes
+        jax-md's cell list.
+      numbers: ``[A]`` atomic numbers.
+      fractional_coordinates: positions in ``[0, 1)^3`` (needed by jax-md's cell list in
+        triclinic cells; with Cartesian triclinic positions jax-md falls back to an
+        ``A^2`` candidate search).
+      dr_threshold: skin (Å): lists are rebuilt when an atom moved more than half of it.
+      capacity_multiplier: spare neighbor slots at allocation.
+      disable_cell_list: passed to jax-md.
+
+    Returns:
+      ``(neighbor_fn, energy_fn)``: ``neighbor_fn.allocate(R)`` / ``neighbor_fn.update(R,
+      nbrs)`` give an :class:`ANINeighborList`; ``energy_fn(R, neighbor, **kwargs) -> eV``.
+      Check ``nbrs.did_buffer_overflow`` after updates (:func:`safe_update`).
+    """
+    aevp = potential.config.aev
+    periodic = _is_periodic(displacement_fn, box, fractional_coordinates)
+    if periodic:
+        check_cell(box, aevp.Rcr, model=potential.name)
+    core = ani_energy_from_lists(potential, numbers)
+    common = {"dr_threshold": dr_threshold, "capacity_multiplier": capacity_multiplier,
+                  "disable_cell_list": disable_cell_list, "fractional_coordinates": fractional_coordinates,
+                  "format": partition.Dense}
+    radial_fn = partition.neighbor_list(displacement_fn, box, aevp.Rcr, **common)
+    angular_fn = partition.neighbor_list(displacement_fn, box, aevp.Rca, **common)
+    if periodic:
+        wrap = lambda R: wrap_positions(R, box, fractional_coordinates)
+    else:
+        wrap = lambda R: R
+    fns = ANINeighborListFns(radial_fn, angular_fn, wrap)
+
+    def energy_fn(R, neighbor: ANINeighborList, **kwargs):
+        pairs = pairs_from_dense(neighbor.radial.idx)
+        triples = triples_from_dense(neighbor.angular.idx)
+        return core(R, pairs, triples, _bind(displacement_fn, kwargs))
+
+    return fns, energy_fn
+
+
+# --------------------------------------------------------------------------- overflow
+
+
+class NeighborListOverflow(RuntimeError):
+    """Raised when a neighbor list still overflows after the allowed re-allocations."""
+
+
+def safe_update(neighbor_fn: ANINeighborListFns, R, nbrs: ANINeighborList, *, max_tries: int = 4
+                ) -> tuple[ANINeighborList, bool]:
+    """Host-side update that never returns an overflowed list.
+
+    Updates ``nbrs`` for positions ``R``; if the list overflowed, re-allocates it from
+    ``R`` (jax-md sizes it to the current neighbor counts times the capacity multiplier,
+    plus extra slots on repeated overflow). Returns ``(nbrs, reallocated)``: when
+    ``reallocated`` is True the shapes changed, so jitted functions recompile and any
+    work done with the old list since its last good state must be redone.
+    """
+    new = neighbor_fn.update(R, nbrs)
+    if not bool(new.did_buffer_overflow):
+        return new, False
+    extra = 0
+    for _ in range(max_tries):
+        new = neighbor_fn.allocate(R, extra_capacity=extra)
+        if not bool(new.did_buffer_overflow):
+            return new, True
+        extra = max(8, 2 * extra)
+    raise NeighborListOverflow("the neighbor list kept overflowing after re-allocation: atoms are "
+                               "probably collapsing onto each other (diverging trajectory)")
+
+
+def run_chunked(step_chunk: Callable, state, nbrs: ANINeighborList, neighbor_fn: ANINeighborListFns,
+                num_chunks: int, *, position=lambda s: s.position, callback=None, max_redo: int = 4):
+    """Drive ``lax.scan`` chunks safely: run a chunk, check overflow, redo it bigger.
+
+    Args:
+      step_chunk: jitted ``(state, nbrs) -> (state, nbrs, outputs)`` running several
+        steps in ``lax.scan``, updating ``nbrs`` with ``neighbor_fn.update`` each step.
+      state, nbrs: initial integrator state and neighbor list.
+      num_chunks: chunks to run.
+      position: how to read positions from ``state`` (for re-allocation).
+      callback: ``callback(k, state, outputs)`` after each accepted chunk (logging).
+
+    Returns:
+      ``(state, nbrs)`` after the last chunk. A chunk whose final list overflowed is
+      discarded and rerun from its starting state with a list re-allocated (larger) from
+      the starting positions, so no step ever used an overflowed list.
+    """
+    for k in range(num_chunks):
+        for attempt in range(max_redo + 1):
+            new_state, new_nbrs, out = step_chunk(state, nbrs)
+            if not bool(new_nbrs.did_buffer_overflow):
+                break
+            if attempt == max_redo:
+                raise NeighborListOverflow(f"chunk {k}: the neighbor list overflowed {max_redo + 1} times")
+            extra = 8 * (attempt + 1)
+            nbrs = neighbor_fn.allocate(position(state), extra_capacity=extra)
+        state, nbrs = new_state, new_nbrs
+        if callback is not None:
+            callback(k, state, out)
+    return state, nbrs
