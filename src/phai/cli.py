@@ -31,11 +31,11 @@ from .errors import PhaiError
 BUNDLED = Path(__file__).parent / "data" / "molecules"
 
 # Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("phai.commands.ehm",)
 
 
-class CLIError(Exception):
-    """An error to report as one line."""
+class CLIError(PhaiError):
+    """An error to report as one line (a PhaiError, so `python -m phai.cli` catches it too)."""
 
 
 def read_frames(path: str):
