@@ -17,14 +17,14 @@ molecular formula (several isomers), so there the formula is the finest safe uni
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import InputError
 from ..structures import SYMBOLS
 
-__all__ = ["ConformerGroup", "Conformations", "formula", "connectivity"]
+__all__ = ["Conformations", "ConformerGroup", "connectivity", "formula"]
 
 
 def formula(numbers: Sequence[int]) -> str:
@@ -147,7 +147,7 @@ class ConformerGroup:
     def formula(self) -> str:
         return formula(self.numbers)
 
-    def take(self, index) -> "ConformerGroup":
+    def take(self, index) -> ConformerGroup:
         """The conformations ``index`` (int array or bool mask over ``C``) as a new group."""
         idx = np.arange(len(self))[index]
         return ConformerGroup(
@@ -156,7 +156,7 @@ class ConformerGroup:
             None if self.forces is None else self.forces[idx],
             {k: v[idx] for k, v in self.properties.items()}, self.molecule)
 
-    def replace(self, **changes) -> "ConformerGroup":
+    def replace(self, **changes) -> ConformerGroup:
         """A copy with fields replaced (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -235,7 +235,7 @@ class Conformations:
     def __iter__(self) -> Iterator[ConformerGroup]:
         return iter(self._groups)
 
-    def __add__(self, other: "Conformations") -> "Conformations":
+    def __add__(self, other: Conformations) -> Conformations:
         return Conformations.concat(self, other)
 
     def __repr__(self):
@@ -267,7 +267,7 @@ class Conformations:
 
     # ----------------------------------------------------------------- combining and subsets
     @classmethod
-    def concat(cls, *parts: "Conformations | Iterable[Conformations]") -> "Conformations":
+    def concat(cls, *parts: Conformations | Iterable[Conformations]) -> Conformations:
         """Concatenate sets: ``Conformations.concat(a, b, c)`` or ``Conformations.concat([a, b])``.
         Groups are kept as they are (a name may then appear twice)."""
         if len(parts) == 1 and not isinstance(parts[0], Conformations):
@@ -279,7 +279,7 @@ class Conformations:
             groups.extend(p.groups)
         return cls(groups)
 
-    def select(self, index) -> "Conformations":
+    def select(self, index) -> Conformations:
         """The conformations chosen by global indices ``[K]`` (any order, no duplicates) or by a
         boolean mask ``[len]``. They keep their order in this set; emptied groups are dropped."""
         idx = np.asarray(index)
@@ -296,13 +296,13 @@ class Conformations:
             out.append(self._groups[gi].take(c[g == gi]))
         return Conformations(out)
 
-    def select_groups(self, index) -> "Conformations":
+    def select_groups(self, index) -> Conformations:
         """Whole groups chosen by group indices or a boolean mask over groups."""
         idx = np.arange(self.num_groups)[np.asarray(index)]
         return Conformations(self._groups[int(i)] for i in np.atleast_1d(idx))
 
     def split_by_molecule(self, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                          seed: int = 0) -> tuple["Conformations", ...]:
+                          seed: int = 0) -> tuple[Conformations, ...]:
         """Split into ``len(fractions)`` parts with no molecule id in two parts.
 
         The distinct molecule ids are shuffled with ``numpy.random.default_rng(seed)``; then each
@@ -332,7 +332,7 @@ class Conformations:
     @classmethod
     def from_ase(cls, frames: Iterable, energy_key: str | None = "energy", forces_key: str | None = "forces",
                  *, forces: bool = True, molecule_key: str = "molecule",
-                 properties: Sequence[str] = ()) -> "Conformations":
+                 properties: Sequence[str] = ()) -> Conformations:
         """Group ``ase.Atoms`` frames into molecules.
 
         Labels: the energy (eV) is ``atoms.info[energy_key]``, else the attached calculator's
@@ -342,7 +342,8 @@ class Conformations:
         per-frame ``info`` or per-atom ``arrays`` entries to keep.
 
         Grouping: frames with the same ``atoms.info[molecule_key]`` form one molecule (their
-        atomic numbers must agree, in order). Frames without that key are grouped by formula,
+        atomic numbers must agree, in order), named by its first frame's ``info["group"]`` if
+        present (as written by :meth:`to_ase`), else by the molecule id. Frames without that key are grouped by formula,
         atom order and connectivity (bonds where atoms are closer than 1.25 times the sum of
         their covalent radii, :func:`connectivity`), so isomers become different molecules; name
         ``"C2H6O"``, then ``"C2H6O-1"``, ... for further isomers. Strongly distorted
@@ -389,10 +390,14 @@ class Conformations:
                         vals.append(np.asarray(a.info[p]))
                     elif p in a.arrays:
                         vals.append(np.asarray(a.arrays[p]))
+                    elif a.calc is not None and p in getattr(a.calc, "results", {}):
+                        vals.append(np.asarray(a.calc.results[p]))  # ASE's extxyz moves "charges" there
                     else:
-                        raise InputError(f"frame {k}: property {p!r} is in neither atoms.info nor atoms.arrays")
+                        raise InputError(f"frame {k}: property {p!r} is in neither atoms.info, atoms.arrays "
+                                         f"nor the attached calculator's results")
                 props[p] = np.stack(vals)
-            groups.append(ConformerGroup(name, items[0][1], np.stack([a.get_positions() for _, _, a in items]),
+            label = str(items[0][2].info.get("group", name)) if key[0] == "id" else name
+            groups.append(ConformerGroup(label, items[0][1], np.stack([a.get_positions() for _, _, a in items]),
                                          e, f, props, name))
         return cls(groups)
 
@@ -400,8 +405,9 @@ class Conformations:
         """One ``ase.Atoms`` per conformation, in global order: ``info["molecule"]`` and
         ``info["group"]`` name its molecule and group; energy and forces are attached as a
         ``SinglePointCalculator`` and also stored as ``info[energy_key]``/``arrays[forces_key]``
-        (so that they survive extended XYZ); properties go to ``info`` (per conformation) or
-        ``arrays`` (per atom: second dimension ``A``)."""
+        (so that they survive extended XYZ); properties go to ``arrays`` if per atom (second
+        dimension ``A``, and a name without "dipole"/"quadrupole"/"moment", which are per
+        molecule even for three atoms), else to ``info``."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -419,7 +425,7 @@ class Conformations:
                     results["forces"] = g.forces[c].copy()
                     atoms.arrays[forces_key] = g.forces[c].copy()
                 for k, v in g.properties.items():
-                    if v.ndim >= 2 and v.shape[1] == g.num_atoms and k not in ("dipole",):
+                    if _per_atom(k, v, g.num_atoms):
                         atoms.arrays[k] = v[c].copy()
                     else:
                         atoms.info[k] = v[c].copy() if v.ndim > 1 else v[c].item()
@@ -452,6 +458,12 @@ class Conformations:
             out["energy"] = {"min": float(e.min()), "max": float(e.max()), "mean": float(e.mean())}
             out["energy_per_atom"] = {"min": float(epa.min()), "max": float(epa.max()), "mean": float(epa.mean())}
         return out
+
+
+def _per_atom(key: str, value: np.ndarray, num_atoms: int) -> bool:
+    """Whether a property ``[C, ...]`` is per atom (``[C, A, ...]``) rather than per conformation."""
+    molecular = any(w in key.lower() for w in ("dipole", "quadrupole", "moment"))
+    return value.ndim >= 2 and value.shape[1] == num_atoms and not molecular
 
 
 def _frame_energy(atoms, key: str, k: int):
