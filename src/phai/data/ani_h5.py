@@ -169,15 +169,21 @@ def _labels(f, name, grp, c: int, a: int, energy_key, forces_key, properties):
     return ok, e, frc, props
 
 
+def _finite_coordinates(f, name, grp, c: int, a: int) -> np.ndarray:
+    """``coordinates`` ``[C, A, 3]`` float64, Å; a non-finite value is an error, not a missing label."""
+    r = _checked(f, name, grp, "coordinates", (c, a, 3))
+    if not np.isfinite(r).all():
+        k = int(np.nonzero(~np.isfinite(r).all(axis=(1, 2)))[0][0])
+        raise InputError(f"{_where(f, name, 'coordinates')}: conformation {k} has a non-finite coordinate")
+    return r
+
+
 def _read_group(f, name: str, energy_key, forces_key, properties, keep: np.ndarray | None = None):
     """One leaf as a :class:`ConformerGroup` (None if no conformation survives) and the drop count."""
     grp = f[name]
     z = _numbers(f, name, grp)
     c, a = _coordinates_shape(f, name, grp, len(z))
-    r = _checked(f, name, grp, "coordinates", (c, a, 3))
-    if not np.isfinite(r).all():
-        k = int(np.nonzero(~np.isfinite(r).all(axis=(1, 2)))[0][0])
-        raise InputError(f"{_where(f, name, 'coordinates')}: conformation {k} has a non-finite coordinate")
+    r = _finite_coordinates(f, name, grp, c, a)
     ok, e, frc, props = _labels(f, name, grp, c, a, energy_key, forces_key, properties)
     if keep is not None and not np.array_equal(keep, ok):
         raise InputError(f"{_where(f, name)}: the file changed since it was indexed (labels differ); open it again")
@@ -296,6 +302,7 @@ class ANIH5Dataset:
                 grp = f[name]
                 z = _numbers(f, name, grp)
                 c, a = _coordinates_shape(f, name, grp, len(z))
+                _finite_coordinates(f, name, grp, c, a)  # a corrupt file fails now, not mid-training
                 ok = _labels(f, name, grp, c, a, energy_key, forces_key, self.properties)[0]
                 dropped += int(c - ok.sum())
                 total += c
