@@ -78,15 +78,15 @@ def test_group_validation_names_group_and_field():
     assert not g.positions.flags.writeable
     assert len(ConformerGroup("one", z, r[0])) == 1  # a single [A, 3] structure
     cases = [
-        (dict(positions=np.zeros((2, 4, 3))), "'positions'"),
-        (dict(energy=[1.0, 2.0, 3.0]), "'energy'"),
-        (dict(energy=[1.0, np.nan]), "'energy'"),
-        (dict(forces=np.zeros((2, 5, 2))), "'forces'"),
-        (dict(numbers=[6, 1, 1, 1, 0]), "'numbers'"),
-        (dict(properties={"charges": np.zeros((3, 5))}), "'charges'"),
+        ({"positions": np.zeros((2, 4, 3))}, "'positions'"),
+        ({"energy": [1.0, 2.0, 3.0]}, "'energy'"),
+        ({"energy": [1.0, np.nan]}, "'energy'"),
+        ({"forces": np.zeros((2, 5, 2))}, "'forces'"),
+        ({"numbers": [6, 1, 1, 1, 0]}, "'numbers'"),
+        ({"properties": {"charges": np.zeros((3, 5))}}, "'charges'"),
     ]
     for change, field in cases:
-        kw = dict(name="CH4", numbers=z, positions=r, energy=[1.0, 2.0]) | change
+        kw = {"name": "CH4", "numbers": z, "positions": r, "energy": [1.0, 2.0]} | change
         with pytest.raises(InputError, match=f"group 'CH4'.*{field}"):
             ConformerGroup(**kw)
     bad = r.copy()
@@ -102,7 +102,7 @@ def test_container_select_concat_iterate():
     flat = list(data.iter_conformations())
     assert len(flat) == len(data)
     for k in (0, 7, len(data) - 1):
-        z, r, e, f = data.conformation(k)
+        _z, r, e, _f = data.conformation(k)
         np.testing.assert_array_equal(r, flat[k][1])
         assert e == flat[k][2]
     pick = np.array([len(data) - 1, 3, 0, 12])
@@ -247,8 +247,9 @@ def test_ani1x_layout_units_nan_dropping_and_streaming(tmp_path):
         cc = read_ani_h5(path, "ccsd(t)_cbs.energy")
     assert [len(g) for g in cc.groups] == [3, 3, 3]
     np.testing.assert_array_equal(cc.groups[1].energy, truth["CH4"][3][1::2] * HARTREE_TO_EV)
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="dropped 3 of 18"):
         streamed = Conformations(iter_ani_h5(path, "wb97x_dz.energy", "wb97x_dz.forces", ["wb97x_dz.cm5_charges"]))
+    with pytest.warns(UserWarning, match="dropped 3 of 18"):
         lazy = open_ani_h5(path, "wb97x_dz.energy", "wb97x_dz.forces", ["wb97x_dz.cm5_charges"])
     assert_same(dft, streamed)
     assert_same(dft, lazy.read())
@@ -401,7 +402,7 @@ def test_streamed_batches_equal_in_memory_and_load_one_window(tmp_path):
     memory = read_ani_h5(path, "wb97x_dz.energy", "wb97x_dz.forces")
     lazy = CountingSource(path, "wb97x_dz.energy", "wb97x_dz.forces")
     lazy.loads = []
-    kw = dict(species=("H", "C", "N", "O"), seed=4, epoch=1, window=10)
+    kw = {"species": ("H", "C", "N", "O"), "seed": 4, "epoch": 1, "window": 10}
     a = list(iter_batches(memory, 3, **kw))
     b = list(iter_batches(lazy, 3, **kw))
     assert len(a) == len(b) and sorted(np.concatenate([x.index for x in b]).tolist()) == list(range(len(memory)))
