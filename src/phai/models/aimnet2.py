@@ -99,7 +99,7 @@ class AIMNet2Config:
     half_ke: float = 7.1998226
 
     @classmethod
-    def from_config(cls, config: dict) -> "AIMNet2Config":
+    def from_config(cls, config: dict) -> AIMNet2Config:
         """Build from the JSON config written by :func:`phai.pretrained.aimnet2.convert_aimnet2_torchscript`."""
         mlps = {m["name"]: m for m in config["mlps"]}
         return cls(
@@ -124,7 +124,7 @@ def params_from_arrays(arrays: dict, config: dict, dtype=np.float32) -> tuple[di
     """
     z = np.asarray(config["elements"], dtype=np.int64)
     nf, ng = int(config["nfeature"]), int(config["nshifts"])
-    cast = lambda x: np.asarray(x, dtype=dtype)  # noqa: E731
+    cast = lambda x: np.asarray(x, dtype=dtype)
     mlps = {m["name"]: m["layers"] for m in config["mlps"]}
 
     def layers(name):
@@ -182,6 +182,102 @@ def gather_neighbors(x, neighbors):
     return jnp.concatenate([x, pad], axis=0)[neighbors]
 
 
+def neighbor_basis(positions, neighbors, shifts, *, eta: float, cutoff: float):
+    """``B [N, K, G, 4]``: the scalar terms ``gs`` and the vector terms ``gv`` side by side,
+    ``B[..., 0] = gs`` and ``B[..., 1:] = gv`` (see :func:`radial_vector_basis`).
+
+    On a *symmetric* neighbor list (``j`` lists ``i`` whenever ``i`` lists ``j``) the basis has
+    the pair symmetry ``B(j -> i) = S * B(i -> j)`` with ``S = (1, -1, -1, -1)`` (bit for bit:
+    the displacement is exactly negated), which :func:`neighbor_contract` uses for its gradient.
+    """
+    gs, gv = radial_vector_basis(positions, neighbors, shifts, eta=eta, cutoff=cutoff)
+    return jnp.concatenate([gs[..., None], gv], axis=-1)
+
+
+_PAIR_SIGN = (1.0, -1.0, -1.0, -1.0)
+
+
+def _take_rows(x, idx):
+    """``x[idx]`` along axis 0 with zeros for out-of-range (sentinel) indices."""
+    return jnp.take(x, idx, axis=0, mode="fill", fill_value=0)
+
+
+def _contract_fwd_scan(x, basis, neighbors):
+    def step(acc, inp):
+        idx, bk = inp                                              # [N], [N, G, C]
+        return acc + _take_rows(x, idx)[..., None] * bk[:, None], None
+
+    acc = jnp.zeros(x.shape + (basis.shape[-1],), dtype=jnp.result_type(x, basis))
+    out, _ = jax.lax.scan(step, acc, (neighbors.T, jnp.moveaxis(basis, 1, 0)))
+    return out
+
+
+@jax.custom_vjp
+def neighbor_contract(x, basis, neighbors):
+    r"""``W[i, f, g, c] = sum_k x[j_k(i), f, g] B[i, k, g, c]``: AIMNet2's AEV x feature contraction.
+
+    Args:
+      x: ``[N, F, G]`` per-atom features (padding rows are never read through a valid slot).
+      basis: ``[N, K, G, C]`` pair basis (:func:`neighbor_basis`, ``C = 4``); empty slots 0.
+      neighbors: ``[N, K]`` int32, sentinel ``N``; must be **symmetric** (every host list
+        within a cutoff is), because the gradient with respect to ``x`` reuses it in place of
+        the transposed list.
+
+    Returns:
+      ``[N, F, G, C]``.
+
+    Speed: XLA:CPU runs the gather-then-contract form (``[N, K, F, G]`` materialised, a
+    batched dot over ``(n, g)``, a scatter-add in the backward pass) 5-15x slower than this
+    scan over the ``K`` neighbor slots, in which each step gathers ``N`` rows of ``x`` and
+    accumulates into ``W``. The reverse pass has no scatter: by the pair symmetry of the
+    basis, ``dx[j] = sum_k sum_c dW[j_k(j), :, :, c] S_c B[j, k, :, c]``, the same scan over
+    ``j``'s own neighbors. Reverse mode only (no ``jvp``): for Hessians use the plain kernel
+    (``member_energy(..., fast=False)``).
+    """
+    return _contract_fwd_scan(x, basis, neighbors)
+
+
+def _contract_vjp_fwd(x, basis, neighbors):
+    return _contract_fwd_scan(x, basis, neighbors), (x, basis, neighbors)
+
+
+def _contract_vjp_bwd(res, dw):
+    x, basis, neighbors = res
+    sign = jnp.asarray(_PAIR_SIGN[:basis.shape[-1]], dtype=basis.dtype)
+
+    def step(dx, inp):
+        idx, bk = inp                                              # [N], [N, G, C]
+        dwj = _take_rows(dw, idx)                                  # [N, F, G, C]
+        # the sum over the 4 basis channels unrolled, and an einsum for the sum over F:
+        # both several times faster on XLA:CPU than the reductions written with jnp.sum
+        for c in range(bk.shape[-1]):
+            dx = dx + dwj[..., c] * (sign[c] * bk[:, None, :, c])
+        db = jnp.einsum("nfgc,nfg->ngc", dw, _take_rows(x, idx))  # [N, G, C]
+        return dx, db
+
+    dx, db = jax.lax.scan(step, jnp.zeros_like(x), (neighbors.T, jnp.moveaxis(basis, 1, 0)))
+    return dx, jnp.moveaxis(db, 0, 1).astype(basis.dtype), None
+
+
+neighbor_contract.defvjp(_contract_vjp_fwd, _contract_vjp_bwd)
+
+
+def conv_features_fast(a, basis, agh, neighbors):
+    """:func:`conv_features` through :func:`neighbor_contract` (same output, ``[N, A G + A H]``)."""
+    n = a.shape[0]
+    w = neighbor_contract(a, basis, neighbors)                      # [N, A, G, 4]
+    v = jnp.einsum("nagd,agh->nahd", w[..., 1:], agh)
+    return jnp.concatenate([w[..., 0].reshape(n, -1), jnp.sum(v * v, axis=-1).reshape(n, -1)], axis=-1)
+
+
+def conv_charges_fast(q, basis, agh, neighbors):
+    """:func:`conv_charges` through :func:`neighbor_contract` (``[N, G + H]``)."""
+    n, g = q.shape[0], basis.shape[2]
+    w = neighbor_contract(jnp.broadcast_to(q[:, None, None], (n, 1, g)), basis, neighbors)[:, 0]   # [N, G, 4]
+    v = jnp.einsum("ngd,gh->nhd", w[..., 1:], agh)
+    return jnp.concatenate([w[..., 0], jnp.sum(v * v, axis=-1)], axis=-1)
+
+
 def conv_features(a, gs, gv, agh, neighbors):
     """AEV x AFV contraction (``ConvSV`` with 2-D features) -> ``[N, A G + A H]``.
 
@@ -194,6 +290,9 @@ def conv_features(a, gs, gv, agh, neighbors):
     Returns:
       ``concat(s.flat (a, g), |v|^2.flat (a, h))`` with ``s[i,a,g] = sum_k gs[i,k,g] a[j_k,a,g]``
       and ``v[i,a,h,:] = sum_k sum_g gv[i,k,g,:] a[j_k,a,g] agh[a,g,h]``.
+
+    The plain gather-then-einsum form, differentiable to any order (any neighbor list);
+    :func:`conv_features_fast` is the fast first-order form used for energies and forces.
     """
     aj = gather_neighbors(a, neighbors)                                 # [N, K, A, G]
     s = jnp.einsum("nkg,nkag->nag", gs, aj)
@@ -238,7 +337,8 @@ def nqe(total_charge, q, f, *, eps: float = 1e-6):
 
 
 def member_energy(params, shared, positions, species, neighbors, atom_mask, total_charge, *,
-                  cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None):
+                  cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
+                  fast: bool = True):
     """Energy and charges of one molecule for one ensemble member.
 
     Args:
@@ -251,6 +351,8 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
       total_charge: scalar (e).
       include_shifts: add the atomic energy shifts (constants of the composition).
       block_size: row block of the all-pairs Coulomb and D3 sums.
+      fast: contract through :func:`neighbor_contract` (reverse mode only; needs a symmetric
+        list); False: the plain gathers, differentiable to any order (Hessians).
 
     Returns:
       ``(energy, aux)``: scalar eV; ``aux`` dict with ``charges [N]`` (e, padding 0),
@@ -259,14 +361,21 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
     dtype = positions.dtype
     n = positions.shape[0]
     maskf = atom_mask.astype(dtype)
-    gs, gv = radial_vector_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
+    if fast:
+        basis = neighbor_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
+        conv_a = lambda a: conv_features_fast(a, basis, params["agh_a"], neighbors)
+        conv_q = lambda q: conv_charges_fast(q, basis, params["agh_q"], neighbors)
+    else:
+        gs, gv = radial_vector_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
+        conv_a = lambda a: conv_features(a, gs, gv, params["agh_a"], neighbors)
+        conv_q = lambda q: conv_charges(q, gs, gv, params["agh_q"], neighbors)
     a = params["afv"][species] * maskf[:, None, None]                  # [N, A, G]
     q_total = jnp.asarray(total_charge, dtype)
 
     def inputs(a, q=None):
-        x = [a.reshape(n, -1), conv_features(a, gs, gv, params["agh_a"], neighbors)]
+        x = [a.reshape(n, -1), conv_a(a)]
         if q is not None:
-            x += [q[:, None], conv_charges(q, gs, gv, params["agh_q"], neighbors)]
+            x += [q[:, None], conv_q(q)]
         return jnp.concatenate(x, axis=-1)
 
     q = None
@@ -315,7 +424,7 @@ def ensemble_energy(member_params, shared, positions, species, neighbors, atom_m
     ``positions [N, 3] -> scalar`` for ``jax.grad``, Hessians or jax-md. Arguments as
     :func:`ensemble_outputs`; the neighbor list must stay valid (every pair within 5 Å)."""
     e = jax.vmap(lambda p: member_energy(p, shared, positions, species, neighbors, atom_mask, total_charge,
-                                         cfg=cfg, block_size=block_size)[0])(member_params)
+                                         cfg=cfg, block_size=block_size, fast=False)[0])(member_params)
     return jnp.mean(e)
 
 
@@ -463,7 +572,7 @@ class AIMNet2:
         return tuple(SYMBOLS[z] for z in self.elements)
 
     @classmethod
-    def from_pretrained(cls, name: str = "aimnet2-wb97m-d3", **kwargs) -> "AIMNet2":
+    def from_pretrained(cls, name: str = "aimnet2-wb97m-d3", **kwargs) -> AIMNet2:
         """Load ``"aimnet2-wb97m-d3"`` or ``"aimnet2-b973c"`` (converted into phai's cache on first use)."""
         from ..pretrained import load_arrays
 
