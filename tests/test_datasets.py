@@ -120,6 +120,13 @@ def test_container_select_concat_iterate():
         data.select([len(data)])
     both = Conformations.concat(sub, data)
     assert len(both) == len(sub) + len(data) and len(sub + data) == len(both)
+    counts = data.element_counts(("H", "C", "N", "O"))
+    assert counts.shape == (len(data), 4)
+    np.testing.assert_array_equal(counts.sum(axis=1), data.num_atoms())
+    np.testing.assert_array_equal(counts[data.offsets[2]], [6, 2, 0, 1])  # C2H6O
+    np.testing.assert_array_equal(data.energies(), [e for _, _, e, _ in flat])
+    with pytest.raises(InputError, match="element O is not among"):
+        data.element_counts((1, 6, 7))
     stats = data.statistics()
     assert stats["num_conformations"] == len(data)
     assert stats["elements"]["O"]["atoms"] == sum(len(g) * int((g.numbers == 8).sum()) for g in data.groups)

@@ -32,7 +32,8 @@ new shape for that reason.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 

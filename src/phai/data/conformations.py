@@ -434,6 +434,35 @@ class Conformations:
                 out.append(atoms)
         return out
 
+    # ----------------------------------------------------------------- arrays over all conformations
+    def energies(self) -> np.ndarray:
+        """``[len]`` float64 energies (eV) in global order; an error if a group has none."""
+        for g in self._groups:
+            if g.energy is None:
+                raise InputError(f"group {g.name!r}: field 'energy' is missing (no energies to gather)")
+        return np.concatenate([g.energy for g in self._groups]) if self._groups else np.zeros(0)
+
+    def num_atoms(self) -> np.ndarray:
+        """``[len]`` int64 atoms of each conformation, in global order."""
+        return np.repeat(self.group_atoms, self.group_sizes)
+
+    def element_counts(self, species: Sequence[int | str]) -> np.ndarray:
+        """``[len, S]`` int64: atoms of each element of ``species`` (atomic numbers or symbols, in
+        the model's order) in each conformation; the design matrix of the self-energy
+        regression ``E ~ counts @ sae``. An element outside ``species`` is an error."""
+        from ..structures import atomic_numbers
+
+        z_of = atomic_numbers(list(species))
+        rows = []
+        for g in self._groups:
+            extra = sorted(set(g.numbers.tolist()) - set(z_of.tolist()))
+            if extra:
+                raise InputError(f"group {g.name!r}: element {SYMBOLS[extra[0]]} is not among the species "
+                                 f"{[SYMBOLS[z] for z in z_of]}")
+            counts = (g.numbers[None, :] == z_of[:, None]).sum(axis=1)
+            rows.append(np.broadcast_to(counts, (len(g), len(z_of))))
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, len(z_of)), np.int64)
+
     # ----------------------------------------------------------------- summaries
     def statistics(self) -> dict:
         """Counts and ranges: ``num_conformations``, ``num_groups``, ``num_molecules``,
