@@ -120,6 +120,14 @@ def test_container_select_concat_iterate():
         data.select([len(data)])
     both = Conformations.concat(sub, data)
     assert len(both) == len(sub) + len(data) and len(sub + data) == len(both)
+    lists = data.to_lists()
+    assert len(lists["positions"]) == len(lists["molecules"]) == len(data)
+    for k in (0, 9, len(data) - 1):
+        np.testing.assert_array_equal(lists["positions"][k], flat[k][1])
+        np.testing.assert_array_equal(lists["forces"][k], flat[k][3])
+        np.testing.assert_array_equal(lists["numbers"][k], flat[k][0])
+        assert lists["energies"][k] == flat[k][2]
+        assert lists["molecules"][k] == data.groups[data.locate([k])[0][0]].molecule
     counts = data.element_counts(("H", "C", "N", "O"))
     assert counts.shape == (len(data), 4)
     np.testing.assert_array_equal(counts.sum(axis=1), data.num_atoms())

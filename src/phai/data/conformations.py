@@ -442,6 +442,22 @@ class Conformations:
                 raise InputError(f"group {g.name!r}: field 'energy' is missing (no energies to gather)")
         return np.concatenate([g.energy for g in self._groups]) if self._groups else np.zeros(0)
 
+    def to_lists(self) -> dict:
+        """Per-conformation lists in global order, for code that works conformation by
+        conformation: ``{"numbers": [[A_c] int64], "positions": [[A_c, 3] Å], "energies": [C]
+        eV or None, "forces": [[A_c, 3] eV/Å] or None, "molecules": [C] str, "groups": [C] str}``
+        (arrays are read-only views, not copies)."""
+        out = {"numbers": [], "positions": [], "forces": [] if self.has_forces else None}
+        for g in self._groups:
+            out["numbers"].extend([g.numbers] * len(g))
+            out["positions"].extend(list(g.positions))
+            if out["forces"] is not None:
+                out["forces"].extend(list(g.forces))
+        out["energies"] = self.energies() if self.has_energy else None
+        out["molecules"] = np.repeat(np.array([g.molecule for g in self._groups], dtype=object), self.group_sizes)
+        out["groups"] = np.repeat(np.array([g.name for g in self._groups], dtype=object), self.group_sizes)
+        return out
+
     def num_atoms(self) -> np.ndarray:
         """``[len]`` int64 atoms of each conformation, in global order."""
         return np.repeat(self.group_atoms, self.group_sizes)
