@@ -75,15 +75,12 @@ class TrainingSet:
                 raise type(exc)(f"conformation {c}: {exc}") from None
 
     @classmethod
-    def from_conformations(cls, conf, *, energy_key: str | None = None, forces_key: str | None = None):
-        """From a :class:`phai.data.Conformations` (eV, eV/Å) or any object with
-        ``numbers``/``positions`` per conformation and energy and force arrays."""
-        numbers = list(conf.numbers)
-        positions = list(conf.positions)
-        energies = conf.energies if energy_key is None else conf.properties[energy_key]
-        forces = getattr(conf, "forces", None) if forces_key is None else conf.properties[forces_key]
-        groups = getattr(conf, "groups", None)
-        return cls(numbers, positions, np.asarray(energies), None if forces is None else list(forces), groups)
+    def from_conformations(cls, conf) -> TrainingSet:
+        """From a :class:`phai.data.Conformations` (eV, eV/Å); molecules become ``groups``."""
+        if not conf.has_energy:
+            raise InputError("the conformations carry no energies to train on")
+        lists = conf.to_lists()
+        return cls(lists["numbers"], lists["positions"], lists["energies"], lists["forces"], lists["molecules"])
 
     @classmethod
     def from_frames(cls, frames, energies=None, forces=None, groups=None):
