@@ -149,7 +149,8 @@ def relaxed_scan(atoms, dihedral, angles, potential="ani-1x", *, fmax: float = D
 
 def plot_scan(result: ScanResult, path, title: str | None = None):
     """Save relative energy (kcal/mol) against angle (degrees) as an image (matplotlib)."""
-    from matplotlib.figure import Figure  # no pyplot: no backend or global state touched
+    # no pyplot: neither the backend nor any global state is touched
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
