@@ -28,11 +28,18 @@ class PhaiCalculator(Calculator):
         precision (float32 for a name).
       charge: total charge (e); ``None`` reads ``atoms.info["charge"]`` (default 0).
 
-    Implemented properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å) and
-    ``energy_std`` (eV, the ensemble's standard deviation, in ``calc.results``).
+    Implemented properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å),
+    ``energy_std`` (eV, the ensemble's standard deviation, in ``calc.results``) and, for
+    periodic cells, ``stress`` (eV/Å^3, Voigt order xx yy zz yz xz xy, ASE's sign: the
+    strain derivative of the energy over the volume, by autodiff).
+
+    Periodic cells (``pbc`` all True) use minimum-image neighbors and need every
+    perpendicular cell width to be at least twice the model's cutoff (10.4 Å for ANI-1x);
+    smaller cells, and slabs (``pbc`` partly True), raise :class:`phai.errors.InputError`.
+    Atoms outside the cell are wrapped for the neighbor search (results do not change).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energy_std"]
+    implemented_properties = ["energy", "free_energy", "forces", "energy_std", "stress", "charges"]
 
     def __init__(self, model="ani-1x", precision: str | None = None, charge=None, **kwargs):
         super().__init__(**kwargs)
@@ -57,14 +64,29 @@ class PhaiCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        if self.atoms.pbc.any():
-            raise InputError(f"{self.potential.name}: periodic cells are not supported by this calculator yet; "
+        periodic = bool(self.atoms.pbc.any())
+        if periodic and not hasattr(self.potential, "stress"):
+            raise InputError(f"{self.potential.name}: periodic cells are not supported by this potential; "
                              f"set atoms.pbc = False for a molecule")
-        res = self.potential(self.atoms.get_atomic_numbers(), self.atoms.get_positions(),
-                             charge=self._charge(self.atoms))
+        stress = None
+        if periodic and "stress" in properties:
+            res, stress = self.potential.stress(self.atoms)
+        elif periodic:
+            res = self.potential(self.atoms)
+        else:
+            if "stress" in properties:
+                raise InputError("stress is defined for periodic cells only (atoms.pbc is all False)")
+            res = self.potential(self.atoms.get_atomic_numbers(), self.atoms.get_positions(),
+                                 charge=self._charge(self.atoms))
         self.results = {
             "energy": res.energy,
             "free_energy": res.energy,
             "forces": np.array(res.forces),
             "energy_std": res.energy_std,
         }
+        if getattr(res, "charges", None) is not None:    # charge-aware models (AIMNet2): atomic charges, e
+            self.results["charges"] = np.array(res.charges)
+        if stress is not None:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)

@@ -106,8 +106,15 @@ def _species_capacity(count: int, slots: int) -> int:
 
 def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray], *, num_species: int,
          radial_cutoff: float, angular_cutoff: float, min_atoms: int = 8,
-         min_molecules: int = 1) -> Packed:
-    """Pack validated molecules (species indices and positions in Å) into a :class:`Packed`."""
+         min_molecules: int = 1, box: np.ndarray | None = None) -> Packed:
+    """Pack validated molecules (species indices and positions in Å) into a :class:`Packed`.
+
+    ``box`` (``[3, 3]``, lattice vectors as columns, Å) makes the one structure periodic:
+    its pairs and triples are minimum-image ones, and the jitted code must then compute
+    displacements with the same cell (:func:`phai.geometry.cell.minimum_image`).
+    """
+    if box is not None and len(species_list) != 1:
+        raise ValueError("a periodic structure is packed alone (box given with several structures)")
     sizes = np.array([len(s) for s in species_list], dtype=np.int64)
     total = int(sizes.sum())
     n = bucket(total, minimum=min_atoms)
@@ -120,6 +127,6 @@ def pack(species_list: Sequence[np.ndarray], positions_list: Sequence[np.ndarray
     for k, (s, r) in enumerate(zip(species_list, positions_list)):
         sl = slice(offsets[k], offsets[k + 1])
         R[sl], species[sl], mol_index[sl], atom_mask[sl] = r, s, k, True
-    nl = host_pair_lists(R, atom_mask, mol_index, radial_cutoff, angular_cutoff)
+    nl = host_pair_lists(R, atom_mask, mol_index, radial_cutoff, angular_cutoff, box=box)
     return Packed(R, species, atom_mask, mol_index, nl.pairs, nl.triples,
                   species_slots(species, atom_mask, num_species), b, offsets)

@@ -19,6 +19,7 @@ import numpy as np
 from .batching import Packed, pack
 from .descriptors.aev import AEVParams, aev as aev_fn
 from .errors import InputError
+from .geometry.cell import minimum_image
 from .models.ani import ani_member_energies, params_from_arrays
 from .structures import SYMBOLS, as_structure_list, validate_structure
 from .units import HARTREE_TO_EV
@@ -89,6 +90,7 @@ class ANIPotential:
         self._species_of_z[z] = np.arange(len(z), dtype=np.int32)
         self._energy_jit = jax.jit(self._member_energies, static_argnames="num_molecules")
         self._forces_jit = jax.jit(self._energies_and_forces, static_argnames="num_molecules")
+        self._stress_jit = jax.jit(self._energies_forces_stress, static_argnames="num_molecules")
         self._hessian_jit = jax.jit(self._hessian, static_argnames=("a", "num_molecules"))
 
     # ------------------------------------------------------------------ properties
@@ -125,18 +127,32 @@ class ANIPotential:
         return jax.enable_x64(True) if self.precision == "float64" else contextlib.nullcontext()
 
     def _member_energies(self, params, R, species, atom_mask, mol_index, pairs, triples, species_atoms,
-                         num_molecules):
+                         num_molecules, box=None):
+        """``[M, B]`` network energies (Hartree). ``box`` (``[3, 3]``, lattice vectors as
+        columns, Å) makes displacements minimum-image ones (one periodic structure)."""
         self.traces += 1  # runs once per compilation
+        disp = None if box is None else (lambda Ra, Rb: minimum_image(Ra - Rb, box))
         return ani_member_energies(params, self.config.aev, self.config.activations, R, species, atom_mask,
-                                   mol_index, pairs, triples, species_atoms, num_molecules)
+                                   mol_index, pairs, triples, species_atoms, num_molecules, disp)
 
-    def _energies_and_forces(self, params, R, *args, num_molecules):
+    def _energies_and_forces(self, params, R, *args, num_molecules, box=None):
         def total(R_):
-            e = self._member_energies(params, R_, *args, num_molecules=num_molecules)
+            e = self._member_energies(params, R_, *args, num_molecules=num_molecules, box=box)
             return jnp.sum(jnp.mean(e, axis=0)), e
 
         grad, e = jax.grad(total, has_aux=True)(R)
         return e, -grad
+
+    def _energies_forces_stress(self, params, R, *args, num_molecules, box):
+        """Energies, forces and ``dE/d(strain)`` ``[3, 3]`` of a periodic structure: positions
+        and cell deformed together by ``F = 1 + eps`` (``R -> R F^T``, ``box -> F box``)."""
+        def total(R_, eps):
+            F = jnp.eye(3, dtype=R_.dtype) + eps
+            e = self._member_energies(params, R_ @ F.T, *args, num_molecules=num_molecules, box=F @ box)
+            return jnp.sum(jnp.mean(e, axis=0)), e
+
+        (g_r, g_eps), e = jax.grad(total, argnums=(0, 1), has_aux=True)(R, jnp.zeros((3, 3), R.dtype))
+        return e, -g_r, 0.5 * (g_eps + g_eps.T)
 
     def _cast_params(self):
         """The weights as device arrays of the working dtype (cast once per dtype)."""
@@ -157,21 +173,29 @@ class ANIPotential:
                              f"({charge!r}); use a charge-aware model such as AIMNet2")
         return validate_structure(numbers, positions, supported=self.atomic_numbers, model=self.name)
 
-    def pack(self, structures: Sequence[tuple[np.ndarray, np.ndarray]]) -> Packed:
-        """Validated ``(numbers, positions)`` pairs -> :class:`phai.batching.Packed`."""
+    def pack(self, structures: Sequence[tuple[np.ndarray, np.ndarray]], box: np.ndarray | None = None) -> Packed:
+        """Validated ``(numbers, positions)`` pairs -> :class:`phai.batching.Packed`.
+
+        ``box`` (``[3, 3]``, lattice vectors as columns) packs one periodic structure."""
         return pack([self.species_indices(z) for z, _ in structures], [r for _, r in structures],
                     num_species=len(self.species), radial_cutoff=self.config.aev.Rcr,
-                    angular_cutoff=self.config.aev.Rca)
+                    angular_cutoff=self.config.aev.Rca, box=box)
 
-    def _run(self, packed: Packed, forces: bool):
+    def _run(self, packed: Packed, forces: bool, box: np.ndarray | None = None, stress: bool = False):
         with self._context():
             params = self._cast_params()
             args = (jnp.asarray(packed.R, self._dtype),) + packed.device_args[1:]
+            kw = dict(packed.static_args)
+            if box is not None:
+                kw["box"] = jnp.asarray(box, self._dtype)
+            if stress:
+                e, f, g = self._stress_jit(params, *args, **kw)
+                return np.asarray(e, np.float64), np.asarray(f, np.float64), np.asarray(g, np.float64)
             if forces:
-                e, f = self._forces_jit(params, *args, **packed.static_args)
-                return np.asarray(e, np.float64), np.asarray(f, np.float64)
-            e = self._energy_jit(params, *args, **packed.static_args)
-            return np.asarray(e, np.float64), None
+                e, f = self._forces_jit(params, *args, **kw)
+                return np.asarray(e, np.float64), np.asarray(f, np.float64), None
+            e = self._energy_jit(params, *args, **kw)
+            return np.asarray(e, np.float64), None, None
 
     def evaluate(self, structures: Iterable, *, forces: bool = True, max_batch_atoms: int = 4096,
                  labels: Sequence[str] | None = None) -> list[Result]:
@@ -181,28 +205,69 @@ class ANIPotential:
         Structures are validated one by one, then packed into batches of at most
         ``max_batch_atoms`` atoms. An error names the structure by ``labels[k]`` if given,
         else ``"structure k"``.
+
+        Periodic ``ase.Atoms`` (``pbc`` all True, a cell whose widths are all at least twice
+        the cutoff) are evaluated one by one with minimum-image neighbors; atoms outside
+        the cell are wrapped (energies and forces do not depend on it).
         """
+        structures = list(structures)
         items = as_structure_list(structures)
-        checked = []
+        checked, boxes = [], []
         for k, (z, r, q) in enumerate(items):
             try:
                 checked.append(self._validate(z, r, q))
+                boxes.append(self._box_of(structures[k], checked[-1]))
             except InputError as exc:
                 raise type(exc)(f"{labels[k] if labels else f'structure {k}'}: {exc}") from None
-        results: list[Result] = []
+        results: list[Result | None] = [None] * len(checked)
+        free = [k for k, b in enumerate(boxes) if b is None]
+        for k, b in enumerate(boxes):
+            if b is not None:
+                results[k] = self._evaluate_packed([checked[k]], forces, box=b)[0][0]
         start = 0
-        while start < len(checked):
+        while start < len(free):
             stop, atoms = start, 0
-            while stop < len(checked) and (stop == start or atoms + len(checked[stop][0]) <= max_batch_atoms):
-                atoms += len(checked[stop][0])
+            while stop < len(free) and (stop == start or atoms + len(checked[free[stop]][0]) <= max_batch_atoms):
+                atoms += len(checked[free[stop]][0])
                 stop += 1
-            results.extend(self._evaluate_packed(checked[start:stop], forces))
+            chunk = free[start:stop]
+            for k, res in zip(chunk, self._evaluate_packed([checked[k] for k in chunk], forces)[0]):
+                results[k] = res
             start = stop
         return results
 
-    def _evaluate_packed(self, chunk, forces: bool) -> list[Result]:
-        packed = self.pack(chunk)
-        e, f = self._run(packed, forces)
+    def _box_of(self, structure, checked) -> np.ndarray | None:
+        """The cell (``[3, 3]``, lattice vectors as columns, Å) of a periodic ``ase.Atoms``,
+        checked (all-periodic, large enough, no overlapping images); ``None`` if free."""
+        pbc = getattr(structure, "pbc", None)
+        if pbc is None or not np.any(pbc):
+            return None
+        if not np.all(pbc):
+            raise InputError(f"pbc={list(map(bool, pbc))}: {self.name} handles molecules (pbc all False) or "
+                             f"cells periodic in all three directions, not slabs or wires")
+        return self._checked_box(checked[0], checked[1], np.asarray(structure.cell.array))
+
+    def _checked_box(self, numbers, positions, cell) -> np.ndarray:
+        from .geometry import periodic_neighbor_pairs
+        from .geometry.cell import box_from_cell, check_cell
+        from .structures import MIN_DISTANCE
+
+        box = check_cell(box_from_cell(cell), self.cutoff, model=self.name)
+        i, j, d = periodic_neighbor_pairs(positions, MIN_DISTANCE, box)
+        if len(i):
+            raise InputError(f"atoms {i[0]} ({SYMBOLS[numbers[i[0]]]}) and {j[0]} ({SYMBOLS[numbers[j[0]]]}) are "
+                             f"{d[0]:.3g} Å apart through the periodic cell, closer than {MIN_DISTANCE} Å")
+        return box
+
+    def _evaluate_packed(self, chunk, forces: bool, box: np.ndarray | None = None,
+                         stress: bool = False) -> tuple[list[Result], np.ndarray | None]:
+        if box is not None:
+            # wrap into the cell: the host search wants it, the energy does not care
+            z, r = chunk[0]
+            s = np.linalg.solve(box, r.T).T
+            chunk = [(z, (s - np.floor(s)) @ box.T)]
+        packed = self.pack(chunk, box=box)
+        e, f, g = self._run(packed, forces or stress, box=box, stress=stress)
         out = []
         for k, (z, _) in enumerate(chunk):
             sae = float(np.sum(self.sae[self.species_indices(z)]))
@@ -210,20 +275,51 @@ class ANIPotential:
             std = float(np.std(e[:, k], ddof=1) * HARTREE_TO_EV) if self.members > 1 else 0.0
             fk = None if f is None else f[packed.offsets[k]:packed.offsets[k + 1]] * HARTREE_TO_EV
             out.append(Result(float((np.mean(e[:, k]) + sae) * HARTREE_TO_EV), fk, std, member, len(z)))
-        return out
+        sigma = None if g is None else g * HARTREE_TO_EV / abs(float(np.linalg.det(box)))
+        return out, sigma
 
-    def _one(self, numbers, positions, charge):
-        """Validated ``(numbers, positions)`` of one structure given in any accepted form."""
+    def _one(self, numbers, positions, charge, cell=None, periodic_ok: bool = False):
+        """Validated ``(numbers, positions)`` of one structure given in any accepted form,
+        and its checked box (``None`` in free space). ``cell`` (rows = lattice vectors,
+        Å) makes ``(numbers, positions)`` periodic in all directions."""
+        structure = None
         if positions is None:
             if not hasattr(numbers, "get_positions"):
                 raise InputError("pass an ase.Atoms, or atomic numbers and positions (Å)")
+            structure = numbers
             charge = numbers.info.get("charge", 0) if charge == 0 else charge
             numbers, positions = numbers.get_atomic_numbers(), numbers.get_positions()
-        return self._validate(numbers, positions, charge)
+        checked = self._validate(numbers, positions, charge)
+        if cell is not None:
+            box = self._checked_box(checked[0], checked[1], np.asarray(cell, dtype=np.float64))
+        else:
+            box = self._box_of(structure, checked) if structure is not None else None
+        if box is not None and not periodic_ok:
+            raise InputError(f"{self.name}: this property is available for molecules only, not periodic cells "
+                             f"(set atoms.pbc = False for a molecule)")
+        return checked, box
 
-    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0) -> Result:
-        """Evaluate one structure: ``pot(atoms)`` or ``pot(numbers, positions)``."""
-        return self._evaluate_packed([self._one(numbers, positions, charge)], forces)[0]
+    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0, cell=None) -> Result:
+        """Evaluate one structure: ``pot(atoms)`` or ``pot(numbers, positions)``.
+
+        A periodic ``ase.Atoms`` (``pbc`` all True), or ``cell=`` (``[3, 3]``, rows = lattice
+        vectors, Å) with ``(numbers, positions)``, is evaluated with minimum-image neighbors.
+        """
+        checked, box = self._one(numbers, positions, charge, cell, periodic_ok=True)
+        return self._evaluate_packed([checked], forces, box=box)[0][0]
+
+    def stress(self, numbers, positions=None, *, cell=None) -> tuple[Result, np.ndarray]:
+        """Energy, forces and stress of a periodic structure.
+
+        Returns ``(Result, stress [3, 3] eV/Å^3)`` with ASE's sign convention: the stress is
+        ``(1/V) dE/d(strain)``, the derivative with respect to a homogeneous deformation of
+        the cell and the positions together (exact autodiff, minimum-image displacements).
+        """
+        checked, box = self._one(numbers, positions, 0, cell, periodic_ok=True)
+        if box is None:
+            raise InputError("stress needs a periodic cell (ase.Atoms with pbc all True, or cell=)")
+        out, sigma = self._evaluate_packed([checked], True, box=box, stress=True)
+        return out[0], sigma
 
     def energy(self, numbers, positions=None, *, charge=0) -> float:
         """Ensemble energy (eV)."""
@@ -241,7 +337,7 @@ class ANIPotential:
         Hessian can differ from coarse finite differences of the forces (steps of 1e-3 Å)
         by ~0.1 eV/Å²; steps of 1e-5 Å agree to ~1e-6.
         """
-        z, r = self._one(numbers, positions, charge)
+        (z, r), _ = self._one(numbers, positions, charge)
         packed = self.pack([(z, r)])
         a = len(z)
         with self._context():
@@ -260,7 +356,7 @@ class ANIPotential:
 
     def aev(self, numbers, positions=None) -> np.ndarray:
         """AEVs ``[A, F]`` of one structure, in the potential's precision."""
-        return self.aevs([self._one(numbers, positions, 0)])[0]
+        return self.aevs([self._one(numbers, positions, 0)[0]])[0]
 
     def aevs(self, structures: Iterable) -> list[np.ndarray]:
         """AEVs ``[A_b, F]`` of many structures, computed in one padded batch."""

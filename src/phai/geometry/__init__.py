@@ -20,6 +20,7 @@ from .neighbors import (
     dense_from_pairs,
     host_pair_lists,
     neighbor_pairs,
+    periodic_neighbor_pairs,
 )
 from .pairs import (
     neighbor_vectors,
@@ -30,14 +31,15 @@ from .pairs import (
 )
 
 __all__ = [
+    "PairLists",
     "cosine_cutoff",
     "dense_from_pairs",
+    "host_pair_lists",
     "neighbor_pairs",
     "neighbor_vectors",
-    "triu_slot_pairs",
-    "PairLists",
-    "host_pair_lists",
     "pair_vectors",
     "pairs_from_dense",
+    "periodic_neighbor_pairs",
     "triples_from_dense",
+    "triu_slot_pairs",
 ]

@@ -50,6 +50,88 @@ def neighbor_pairs(positions: np.ndarray, cutoff: float,
     return i, j, d
 
 
+def _min_image_distances(R: np.ndarray, i: np.ndarray, j: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Minimum-image distances of pairs (``box`` columns = lattice vectors, Å)."""
+    s = np.linalg.solve(box, (R[j] - R[i]).T).T
+    s -= np.round(s)
+    return np.linalg.norm(s @ box.T, axis=1)
+
+
+def ghost_images(frac: np.ndarray, box: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Atoms plus their periodic images within ``cutoff`` of the cell's faces.
+
+    Args:
+      frac: ``[N, 3]`` fractional coordinates in ``[0, 1)``.
+      box: ``[3, 3]`` lattice vectors as columns (Å).
+
+    Returns:
+      ``(points [N + G, 3] Å, owner [N + G] int)``: the first ``N`` points are the atoms
+      themselves, each image records the atom it copies.
+    """
+    a, b, c = box[:, 0], box[:, 1], box[:, 2]
+    volume = abs(float(np.dot(a, np.cross(b, c))))
+    widths = volume / np.array([np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)),
+                                np.linalg.norm(np.cross(a, b))])
+    margin = cutoff / widths
+    n = len(frac)
+    pts, owner = [frac], [np.arange(n)]
+    for shift in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
+        if not shift.any():
+            continue
+        moved = frac + shift
+        inside = np.all((moved >= -margin) & (moved < 1.0 + margin), axis=1)
+        pts.append(moved[inside])
+        owner.append(np.nonzero(inside)[0])
+    return np.concatenate(pts) @ box.T, np.concatenate(owner)
+
+
+def periodic_neighbor_pairs(positions: np.ndarray, cutoff: float,
+                            box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All ordered pairs ``(i, j)``, ``i != j``, whose minimum-image distance is <= ``cutoff``.
+
+    Args:
+      positions: ``[N, 3]`` Cartesian (Å), anywhere (wrapped here).
+      cutoff: Å. Every perpendicular width of the cell must be >= ``2 cutoff`` (checked by
+        the caller, :func:`phai.geometry.cell.check_cell`), so each pair has one image within
+        the cutoff and the minimum image is that one.
+      box: ``[3, 3]`` lattice vectors as *columns* (jax-md's ``box``; ``atoms.cell.T``).
+
+    Returns:
+      ``(i [P], j [P], d [P])``, both orders of each pair, sorted by ``i`` then ``j``;
+      ``d`` are minimum-image distances. Linear cost: a periodic k-d tree for orthorhombic
+      cells, and for triclinic cells a k-d tree over the atoms plus the periodic images
+      that lie within ``cutoff`` of a face.
+    """
+    from scipy.spatial import cKDTree
+
+    R = np.asarray(positions, dtype=np.float64)
+    box = np.asarray(box, dtype=np.float64)
+    n = len(R)
+    if n < 2:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, np.zeros(0)
+    s = np.linalg.solve(box, R.T).T
+    s = np.mod(s, 1.0)
+    s[s >= 1.0] = 0.0
+    if np.allclose(box, np.diag(np.diag(box))):
+        L = np.diag(box)
+        Rw = np.minimum(s * L, np.nextafter(L, 0))
+        half = cKDTree(Rw, boxsize=L).query_pairs(cutoff, output_type="ndarray")
+    else:
+        pts, owner = ghost_images(s, box, cutoff)
+        allp = cKDTree(pts).query_pairs(cutoff, output_type="ndarray")
+        allp = allp[(allp[:, 0] < n) | (allp[:, 1] < n)]
+        a, b = owner[allp[:, 0]], owner[allp[:, 1]]
+        keep = a != b
+        lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+        half = np.unique(np.stack([lo, hi], axis=1), axis=0) if len(lo) else np.zeros((0, 2), np.int64)
+    i = np.concatenate([half[:, 0], half[:, 1]]).astype(np.int64)
+    j = np.concatenate([half[:, 1], half[:, 0]]).astype(np.int64)
+    order = np.lexsort((j, i))
+    i, j = i[order], j[order]
+    return i, j, _min_image_distances(R, i, j, box)
+
+
 def dense_from_pairs(i: np.ndarray, j: np.ndarray, n: int, capacity: int | None = None) -> np.ndarray:
     """Turn a sorted pair list into a dense ``[n, K]`` int32 index array, sentinel ``n``.
 
@@ -96,7 +178,7 @@ class PairLists(NamedTuple):
 
 
 def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.ndarray,
-                    radial_cutoff: float, angular_cutoff: float) -> PairLists:
+                    radial_cutoff: float, angular_cutoff: float, box: np.ndarray | None = None) -> PairLists:
     """Pairs and angular triples of a padded flat system, built on the host (linear cost).
 
     Args:
@@ -104,10 +186,15 @@ def host_pair_lists(positions: np.ndarray, atom_mask: np.ndarray, segments: np.n
       atom_mask: ``[N]`` bool, True for real atoms.
       segments: ``[N]`` molecule index of each slot (no pair crosses molecules).
       radial_cutoff, angular_cutoff: Å.
+      box: ``[3, 3]`` lattice vectors as columns for a periodic system (one segment
+        only); pairs are then minimum-image pairs (:func:`periodic_neighbor_pairs`).
     """
     n = len(positions)
     real = np.nonzero(atom_mask)[0]
-    i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
+    if box is None:
+        i, j, d = neighbor_pairs(np.asarray(positions)[real], radial_cutoff, np.asarray(segments)[real])
+    else:
+        i, j, d = periodic_neighbor_pairs(np.asarray(positions)[real], radial_cutoff, box)
     i, j = real[i], real[j]
     half = i < j
     small = n <= SMALL_SYSTEM

@@ -9,6 +9,14 @@ neighbor lists with overflow handling.
 >>> init, apply = simulate.nve(energy_fn, shift, dt=0.5 * phai.md.FS)  # time in phai.md units
 """
 
+from ..geometry.cell import (
+    box_from_cell,
+    box_matrix,
+    check_cell,
+    minimum_image,
+    perpendicular_widths,
+    wrap_positions,
+)
 from .energy import (
     ALL_PAIRS_MAX_ATOMS,
     ANINeighborList,
@@ -20,14 +28,6 @@ from .energy import (
     ani_neighbor_list,
     run_chunked,
     safe_update,
-)
-from .periodic import (
-    box_from_cell,
-    box_matrix,
-    check_cell,
-    minimum_image,
-    perpendicular_widths,
-    wrap_positions,
 )
 
 FS: float = 0.09822694788464063

@@ -14,7 +14,7 @@ integrators (``simulate.nve``, ``nvt_nose_hoover``, ``nvt_langevin``) and minimi
 x64 is enabled and ``R`` is float64 (the weights are cast to ``R``'s dtype).
 
 Periodic spaces (``space.periodic``, ``space.periodic_general``) must have every
-perpendicular cell width at least twice the radial cutoff (:mod:`phai.md.periodic`); a
+perpendicular cell width at least twice the radial cutoff (:mod:`phai.geometry.cell`); a
 smaller cell is an :class:`phai.errors.InputError` (replicate it yourself).
 
 Other phai potentials follow the same path: a function of ``(R, pairs, triples,
@@ -34,9 +34,9 @@ from jax_md import partition
 
 from ..errors import InputError
 from ..geometry import pairs_from_dense, triples_from_dense
+from ..geometry.cell import box_matrix, check_cell, wrap_positions
 from ..models.ani import ani_member_energies
 from ..units import HARTREE_TO_EV
-from .periodic import box_matrix, check_cell, wrap_positions
 
 # --------------------------------------------------------------------------- core
 
