@@ -513,3 +513,39 @@ def test_from_ase_groups_by_connectivity_without_ids():
     water.info["molecule"] = "a"
     with pytest.raises(InputError, match="frame 6: molecule 'a' has atomic numbers different"):
         Conformations.from_ase(frames + [water], energy_key=None)
+
+
+# ----------------------------------------------------------------------------- phai data
+def test_cli_data_info_convert_split(tmp_path, capsys):
+    import json
+
+    from phai.cli import main
+    from phai.data.conformations import statistics
+
+    data = make_set(conformations=4, charges=False)
+    h5 = write_ani_h5(tmp_path / "set.h5", data)
+    assert main(["data", "info", str(h5), "--energy-key", "wb97x_dz.energy", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "ani1x" and info["conformations"] == len(data)
+    assert info["statistics"]["num_conformations"] == len(data)
+    assert info["statistics"]["energy"] == pytest.approx(data.statistics()["energy"], rel=1e-15)
+    assert statistics(iter_ani_h5(h5, "wb97x_dz.energy")) == read_ani_h5(h5, "wb97x_dz.energy").statistics()
+
+    xyz = tmp_path / "set.extxyz"
+    assert main(["data", "convert", str(h5), str(xyz), "--energy-key", "wb97x_dz.energy", "--forces-key",
+                 "wb97x_dz.forces", "--out-energy-key", "energy", "--out-forces-key", "forces"]) == 0
+    back = tmp_path / "back.h5"
+    assert main(["data", "convert", str(xyz), str(back), "--energy-key", "energy", "--forces-key", "forces",
+                 "--out-energy-key", "wb97x_dz.energy", "--out-forces-key", "wb97x_dz.forces"]) == 0
+    again = read_ani_h5(back, "wb97x_dz.energy", "wb97x_dz.forces")
+    assert sorted(g.name for g in again.groups) == sorted(g.name for g in data.groups)
+    np.testing.assert_allclose(np.sort(again.energies()), np.sort(data.energies()), rtol=1e-15)
+
+    assert main(["data", "split", str(h5), "--energy-key", "wb97x_dz.energy", "--fractions", "0.6,0.2,0.2",
+                 "--seed", "1", "--out", str(tmp_path / "split")]) == 0
+    parts = [read_ani_h5(tmp_path / "split" / f"{n}.h5", "wb97x_dz.energy") for n in ("train", "valid", "test")]
+    assert sum(len(p) for p in parts) == len(data)
+    assert not set(parts[0].molecules) & (set(parts[1].molecules) | set(parts[2].molecules))
+    capsys.readouterr()
+    assert main(["data", "info", str(tmp_path / "absent.h5")]) == 2
+    assert "absent.h5: no such file" in capsys.readouterr().err

@@ -481,28 +481,56 @@ class Conformations:
 
     # ----------------------------------------------------------------- summaries
     def statistics(self) -> dict:
-        """Counts and ranges: ``num_conformations``, ``num_groups``, ``num_molecules``,
-        ``elements`` ``{symbol: {"atoms": total atoms, "conformations": conformations containing it}}``,
-        ``atoms`` ``(min, max)`` per conformation, and, if every group has energies,
-        ``energy`` ``{"min", "max", "mean"}`` (eV) and ``energy_per_atom`` likewise (eV)."""
-        elements: dict = {}
-        for g in self._groups:
-            zs, cnt = np.unique(g.numbers, return_counts=True)
-            for z, n in zip(zs, cnt):
-                d = elements.setdefault(SYMBOLS[int(z)], {"atoms": 0, "conformations": 0})
-                d["atoms"] += int(n) * len(g)
-                d["conformations"] += len(g)
-        out = {"num_conformations": len(self), "num_groups": self.num_groups,
-               "num_molecules": len(self.molecules),
-               "elements": dict(sorted(elements.items(), key=lambda kv: SYMBOLS.index(kv[0]))),
-               "atoms": (int(self.group_atoms.min()), int(self.group_atoms.max())) if self._groups else (0, 0),
-               "has_forces": self.has_forces, "properties": self.property_keys}
-        if self.has_energy:
-            e = np.concatenate([g.energy for g in self._groups])
-            epa = np.concatenate([g.energy / g.num_atoms for g in self._groups])
-            out["energy"] = {"min": float(e.min()), "max": float(e.max()), "mean": float(e.mean())}
-            out["energy_per_atom"] = {"min": float(epa.min()), "max": float(epa.max()), "mean": float(epa.mean())}
-        return out
+        """Counts and ranges; see :func:`statistics`."""
+        return statistics(self._groups)
+
+
+def statistics(groups: Iterable[ConformerGroup]) -> dict:
+    """Counts and ranges of groups, accumulated one group at a time (works on a stream such as
+    :func:`phai.data.iter_ani_h5`): ``num_conformations``, ``num_groups``, ``num_molecules``,
+    ``elements`` ``{symbol: {"atoms": total atoms, "conformations": conformations containing it}}``,
+    ``atoms`` ``(min, max)`` per conformation, ``has_forces``, ``properties`` (in every group),
+    and, if every group has energies, ``energy`` ``{"min", "max", "mean"}`` (eV) and
+    ``energy_per_atom`` likewise (eV)."""
+    elements: dict = {}
+    n_conf = n_groups = 0
+    molecules: set = set()
+    lo, hi = None, None
+    forces, energies = True, True
+    props = None
+    e_min = e_max = epa_min = epa_max = None
+    e_sum = epa_sum = 0.0
+    for g in groups:
+        n_groups += 1
+        n_conf += len(g)
+        molecules.add(g.molecule)
+        lo = g.num_atoms if lo is None else min(lo, g.num_atoms)
+        hi = g.num_atoms if hi is None else max(hi, g.num_atoms)
+        forces &= g.forces is not None
+        props = set(g.properties) if props is None else props & set(g.properties)
+        zs, cnt = np.unique(g.numbers, return_counts=True)
+        for z, n in zip(zs, cnt):
+            d = elements.setdefault(SYMBOLS[int(z)], {"atoms": 0, "conformations": 0})
+            d["atoms"] += int(n) * len(g)
+            d["conformations"] += len(g)
+        if g.energy is None:
+            energies = False
+        elif energies:
+            epa = g.energy / g.num_atoms
+            e_min = float(g.energy.min()) if e_min is None else min(e_min, float(g.energy.min()))
+            e_max = float(g.energy.max()) if e_max is None else max(e_max, float(g.energy.max()))
+            epa_min = float(epa.min()) if epa_min is None else min(epa_min, float(epa.min()))
+            epa_max = float(epa.max()) if epa_max is None else max(epa_max, float(epa.max()))
+            e_sum += float(g.energy.sum())
+            epa_sum += float(epa.sum())
+    out = {"num_conformations": n_conf, "num_groups": n_groups, "num_molecules": len(molecules),
+           "elements": dict(sorted(elements.items(), key=lambda kv: SYMBOLS.index(kv[0]))),
+           "atoms": (lo or 0, hi or 0), "has_forces": bool(n_groups and forces),
+           "properties": tuple(sorted(props or ()))}
+    if n_groups and energies:
+        out["energy"] = {"min": e_min, "max": e_max, "mean": e_sum / n_conf}
+        out["energy_per_atom"] = {"min": epa_min, "max": epa_max, "mean": epa_sum / n_conf}
+    return out
 
 
 def _per_atom(key: str, value: np.ndarray, num_atoms: int) -> bool:
