@@ -399,6 +399,24 @@ def test_batches_cover_each_conformation_once_and_are_deterministic():
         np.testing.assert_array_equal(b.energy, full.energy)
     with pytest.raises(InputError, match="element O is not among"):
         next(iter_batches(data, 4, species=(1, 6, 7)))
+    # a background thread building batches ahead gives the same batches, and its errors
+    ahead = list(iter_batches(data, 4, species=(1, 6, 7, 8), seed=11, epoch=2, start=2, prefetch=2))
+    assert [b.step for b in ahead] == list(range(2, len(plan)))
+    for b, full in zip(ahead, batches[2:]):
+        np.testing.assert_array_equal(b.packed.R, full.packed.R)
+        np.testing.assert_array_equal(b.forces, full.forces)
+    with pytest.raises(InputError, match="element O is not among"):
+        list(iter_batches(data, 4, species=(1, 6, 7), prefetch=1))
+    gen = iter_batches(data, 1, species=(1, 6, 7, 8), prefetch=1)
+    next(gen)
+    gen.close()  # stopping early ends the thread
+    import threading
+    import time
+
+    deadline = time.monotonic() + 10
+    while any(t.name == "phai-batches" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "phai-batches" for t in threading.enumerate())
 
 
 class CountingSource(ANIH5Dataset):

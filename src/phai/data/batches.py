@@ -169,7 +169,7 @@ def iter_batches(source: BatchSource, batch_size: int, *, species: Sequence[int 
                  radial_cutoff: float = 5.2, angular_cutoff: float = 3.5, shuffle: bool = True, seed: int = 0,
                  epoch: int = 0, start: int = 0, bucket_by_size: bool = True, window: int | None = None,
                  drop_last: bool = False, forces: bool = True, properties: Sequence[str] = (),
-                 atom_properties: Sequence[str] = (), min_atoms: int = 8) -> Iterator[Batch]:
+                 atom_properties: Sequence[str] = (), min_atoms: int = 8, prefetch: int = 0) -> Iterator[Batch]:
     """Yield the padded :class:`Batch` es of one epoch, from batch ``start`` on.
 
     Args:
@@ -185,7 +185,59 @@ def iter_batches(source: BatchSource, batch_size: int, *, species: Sequence[int 
       forces: include forces (if the set has them).
       properties, atom_properties: extra per-conformation / per-atom labels to include.
       min_atoms: smallest atom-slot count of a packed batch.
+      prefetch: if positive, build up to this many batches ahead in a background thread
+        (reading and packing overlap the training step; same batches, same order).
     """
+    args = (source, batch_size, species, radial_cutoff, angular_cutoff, shuffle, seed, epoch, start, bucket_by_size,
+            window, drop_last, forces, tuple(properties), tuple(atom_properties), min_atoms)
+    if int(prefetch) > 0:
+        return _prefetched(_batches(*args), int(prefetch))
+    return _batches(*args)
+
+
+def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run ``batches`` in a daemon thread, ``depth`` items ahead; errors re-raised in order."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone
+
+    def work():
+        try:
+            for b in batches:
+                if not put(b):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=work, name="phai-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _batches(source, batch_size, species, radial_cutoff, angular_cutoff, shuffle, seed, epoch, start, bucket_by_size,
+             window, drop_last, forces, properties, atom_properties, min_atoms) -> Iterator[Batch]:
     from ..structures import atomic_numbers
 
     z_of = atomic_numbers(list(species))
