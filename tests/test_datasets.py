@@ -77,6 +77,9 @@ def test_group_validation_names_group_and_field():
     assert len(g) == 2 and g.molecule == "CH4" and g.formula == "CH4"
     assert not g.positions.flags.writeable
     assert len(ConformerGroup("one", z, r[0])) == 1  # a single [A, 3] structure
+    np.testing.assert_array_equal(ConformerGroup("sym", ["C", "H", "H", "H", "H"], r).numbers, z)
+    with pytest.raises(InputError, match="group 'sym': field 'numbers': atom 1: 'Q' is not a chemical symbol"):
+        ConformerGroup("sym", ["C", "Q", "H", "H", "H"], r)
     cases = [
         ({"positions": np.zeros((2, 4, 3))}, "'positions'"),
         ({"energy": [1.0, 2.0, 3.0]}, "'energy'"),

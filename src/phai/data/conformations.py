@@ -76,7 +76,8 @@ class ConformerGroup:
 
     Attributes:
       name: group name (a formula such as ``"C2H6O"`` or a molecule id); need not be unique.
-      numbers: ``[A]`` int64 atomic numbers (1-118), the same for every conformation.
+      numbers: ``[A]`` int64 atomic numbers (1-118; chemical symbols are accepted), the same
+        for every conformation.
       positions: ``[C, A, 3]`` float64, Å (a single ``[A, 3]`` structure is taken as ``C = 1``).
       energy: ``[C]`` float64 total energies, eV, or None.
       forces: ``[C, A, 3]`` float64, eV/Å, or None.
@@ -99,7 +100,17 @@ class ConformerGroup:
 
     def __post_init__(self):
         name = str(self.name)
-        z = _array(name, "numbers", self.numbers, np.float64, (None,))
+        numbers = self.numbers
+        if not isinstance(numbers, str) and np.asarray(numbers).dtype.kind in "USO":
+            from ..structures import (
+                atomic_numbers,  # chemical symbols, e.g. ["C", "H", "H", "H", "H"]
+            )
+
+            try:
+                numbers = atomic_numbers([str(x) for x in np.asarray(numbers).reshape(-1)])
+            except InputError as exc:
+                raise InputError(f"group {name!r}: field 'numbers': {exc}") from None
+        z = _array(name, "numbers", numbers, np.float64, (None,))
         if z.size == 0:
             raise InputError(f"group {name!r}: field 'numbers' is empty: a conformation needs atoms")
         if not (np.all(z == np.round(z)) and z.min() >= 1 and z.max() < len(SYMBOLS)):
