@@ -101,10 +101,8 @@ class ConformerGroup:
     def __post_init__(self):
         name = str(self.name)
         numbers = self.numbers
-        if not isinstance(numbers, str) and np.asarray(numbers).dtype.kind in "USO":
-            from ..structures import (
-                atomic_numbers,  # chemical symbols, e.g. ["C", "H", "H", "H", "H"]
-            )
+        if not isinstance(numbers, str) and np.asarray(numbers).dtype.kind in "USO":  # symbols ["C", "H", ...]
+            from ..structures import atomic_numbers
 
             try:
                 numbers = atomic_numbers([str(x) for x in np.asarray(numbers).reshape(-1)])
