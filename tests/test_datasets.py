@@ -272,6 +272,22 @@ def test_ani1x_layout_units_nan_dropping_and_streaming(tmp_path):
     assert_same(dft, streamed)
     assert_same(dft, lazy.read())
     np.testing.assert_array_equal(lazy.group_sizes, dft.group_sizes)
+    # another method's energies as a property, converted like the energy label (for Δ-learning)
+    with pytest.warns(UserWarning, match="dropped 9 of 18"):
+        delta = read_ani_h5(path, "wb97x_dz.energy", properties=["wb97x_dz.cm5_charges"],
+                            hartree_properties=["ccsd(t)_cbs.energy"])
+    for g in delta.groups:
+        np.testing.assert_array_equal(g.properties["ccsd(t)_cbs.energy"], truth[g.name][3][1::2] * HARTREE_TO_EV)
+        np.testing.assert_array_equal(g.energy, truth[g.name][1][1::2] * HARTREE_TO_EV)
+    for hartree in (True, False):
+        write_ani_h5(tmp_path / "delta.h5", delta, "wb97x_dz.energy", None, hartree=hartree,
+                     hartree_properties=["ccsd(t)_cbs.energy"])
+        again = read_ani_h5(tmp_path / "delta.h5", "wb97x_dz.energy", None, ["wb97x_dz.cm5_charges"],
+                            hartree_properties=["ccsd(t)_cbs.energy"])
+        assert_same(delta, again, exact=not hartree)
+        for g, h in zip(delta.groups, again.groups):
+            np.testing.assert_allclose(g.properties["ccsd(t)_cbs.energy"], h.properties["ccsd(t)_cbs.energy"],
+                                       rtol=0 if not hartree else 4e-16, atol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing dropped: no warning
         one = read_ani_h5(path, None, groups=["H2O"])

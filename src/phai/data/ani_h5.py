@@ -18,7 +18,9 @@ A *leaf* is any group holding at least one dataset; its name is its path without
 ``/``. Energies named by ``energy_key`` are converted Hartree -> eV and forces by
 ``forces_key`` Hartree/Å -> eV/Å with :data:`phai.units.HARTREE_TO_EV`, unless the dataset
 carries an attribute ``units`` of ``"eV"`` / ``"eV/Angstrom"`` (written by
-:func:`write_ani_h5` with ``hartree=False``). Other properties keep the file's units.
+:func:`write_ani_h5` with ``hartree=False``). Further datasets named in ``hartree_properties``
+(another method's energies or forces, e.g. for Δ-learning) are converted the same way; other
+``properties`` keep the file's units.
 
 Every inconsistency (missing field, shapes that disagree, non-finite coordinates, not an HDF5
 file) raises :class:`~phai.errors.InputError` naming the file, the group and the field.
@@ -178,18 +180,19 @@ def _finite_coordinates(f, name, grp, c: int, a: int) -> np.ndarray:
     return r
 
 
-def _read_group(f, name: str, energy_key, forces_key, properties, keep: np.ndarray | None = None):
+def _read_group(f, name: str, energy_key, forces_key, properties, keep: np.ndarray | None = None,
+                hartree_properties: tuple = ()):
     """One leaf as a :class:`ConformerGroup` (None if no conformation survives) and the drop count."""
     grp = f[name]
     z = _numbers(f, name, grp)
     c, a = _coordinates_shape(f, name, grp, len(z))
     r = _finite_coordinates(f, name, grp, c, a)
-    ok, e, frc, props = _labels(f, name, grp, c, a, energy_key, forces_key, properties)
+    ok, e, frc, props = _labels(f, name, grp, c, a, energy_key, forces_key, properties + hartree_properties)
     if keep is not None and not np.array_equal(keep, ok):
         raise InputError(f"{_where(f, name)}: the file changed since it was indexed (labels differ); open it again")
     e = None if e is None else e[ok] * _scale(grp[energy_key])
     frc = None if frc is None else frc[ok] * _scale(grp[forces_key])
-    props = {key: v[ok] for key, v in props.items()}
+    props = {key: v[ok] * _scale(grp[key]) if key in hartree_properties else v[ok] for key, v in props.items()}
     molecule = grp.attrs.get("molecule", name)
     if isinstance(molecule, bytes):
         molecule = molecule.decode()
@@ -222,7 +225,8 @@ def _report(path, dropped: int, total: int, keys) -> None:
 
 
 def iter_ani_h5(path, energy_key: str | None, forces_key: str | None = None, properties: Sequence[str] = (),
-                groups: Sequence[str] | None = None) -> Iterator[ConformerGroup]:
+                groups: Sequence[str] | None = None, *,
+                hartree_properties: Sequence[str] = ()) -> Iterator[ConformerGroup]:
     """Stream the leaf groups of an ANI HDF5 file one at a time (memory: one group).
 
     Args:
@@ -232,26 +236,38 @@ def iter_ani_h5(path, energy_key: str | None, forces_key: str | None = None, pro
       forces_key: forces dataset (``"wb97x_dz.forces"``), converted to eV/Å, or None.
       properties: further per-conformation datasets to keep as they are (file units).
       groups: leaf names to read (default all, in file order).
+      hartree_properties: further datasets in Hartree or Hartree/Å (other methods' energies
+        or forces), kept as properties in eV or eV/Å.
 
     Conformations with a NaN in any requested label are dropped; the total dropped is reported
     by a ``UserWarning`` when the iteration ends. Groups left empty are skipped.
     """
-    properties = (properties,) if isinstance(properties, str) else tuple(properties)
+    properties, hartree_properties = _names(properties, hartree_properties)
     with _open(path) as f:
         dropped = total = 0
         for name in _select(f, groups):
-            g, d = _read_group(f, name, energy_key, forces_key, properties)
+            g, d = _read_group(f, name, energy_key, forces_key, properties, hartree_properties=hartree_properties)
             dropped += d
             total += d + (len(g) if g is not None else 0)
             if g is not None:
                 yield g
-        _report(path, dropped, total, (energy_key, forces_key, *properties))
+        _report(path, dropped, total, (energy_key, forces_key, *properties, *hartree_properties))
+
+
+def _names(properties, hartree_properties) -> tuple[tuple, tuple]:
+    p = (properties,) if isinstance(properties, str) else tuple(properties)
+    h = (hartree_properties,) if isinstance(hartree_properties, str) else tuple(hartree_properties)
+    both = set(p) & set(h)
+    if both:
+        raise InputError(f"{min(both)!r} is named in both properties and hartree_properties")
+    return p, h
 
 
 def read_ani_h5(path, energy_key: str | None, forces_key: str | None = None, properties: Sequence[str] = (),
-                groups: Sequence[str] | None = None) -> Conformations:
+                groups: Sequence[str] | None = None, *, hartree_properties: Sequence[str] = ()) -> Conformations:
     """Read an ANI HDF5 file (or the named ``groups``) into memory; see :func:`iter_ani_h5`."""
-    return Conformations(list(iter_ani_h5(path, energy_key, forces_key, properties, groups)))
+    return Conformations(list(iter_ani_h5(path, energy_key, forces_key, properties, groups,
+                                          hartree_properties=hartree_properties)))
 
 
 def ani_h5_keys(path) -> dict:
@@ -291,10 +307,11 @@ class ANIH5Dataset:
     """
 
     def __init__(self, path, energy_key: str | None, forces_key: str | None = None,
-                 properties: Sequence[str] = (), groups: Sequence[str] | None = None):
+                 properties: Sequence[str] = (), groups: Sequence[str] | None = None, *,
+                 hartree_properties: Sequence[str] = ()):
         self.path = Path(path)
         self.energy_key, self.forces_key = energy_key, forces_key
-        self.properties = (properties,) if isinstance(properties, str) else tuple(properties)
+        self.properties, self.hartree_properties = _names(properties, hartree_properties)
         names, atoms, masks = [], [], []
         dropped = total = 0
         with _open(self.path) as f:
@@ -303,14 +320,14 @@ class ANIH5Dataset:
                 z = _numbers(f, name, grp)
                 c, a = _coordinates_shape(f, name, grp, len(z))
                 _finite_coordinates(f, name, grp, c, a)  # a corrupt file fails now, not mid-training
-                ok = _labels(f, name, grp, c, a, energy_key, forces_key, self.properties)[0]
+                ok = _labels(f, name, grp, c, a, energy_key, forces_key, self.properties + self.hartree_properties)[0]
                 dropped += int(c - ok.sum())
                 total += c
                 if ok.any():
                     names.append(name)
                     atoms.append(a)
                     masks.append(ok)
-        _report(self.path, dropped, total, (energy_key, forces_key, *self.properties))
+        _report(self.path, dropped, total, (energy_key, forces_key, *self.properties, *self.hartree_properties))
         self.names = tuple(names)
         self._atoms = np.array(atoms, dtype=np.int64)
         self._masks = masks
@@ -346,7 +363,7 @@ class ANIH5Dataset:
         with _open(self.path) as f:
             for i in indices:
                 g, _ = _read_group(f, self.names[int(i)], self.energy_key, self.forces_key, self.properties,
-                                   keep=self._masks[int(i)])
+                                   keep=self._masks[int(i)], hartree_properties=self.hartree_properties)
                 out.append(g)
         return out
 
@@ -361,9 +378,9 @@ class ANIH5Dataset:
 
 
 def open_ani_h5(path, energy_key: str | None, forces_key: str | None = None, properties: Sequence[str] = (),
-                groups: Sequence[str] | None = None) -> ANIH5Dataset:
+                groups: Sequence[str] | None = None, *, hartree_properties: Sequence[str] = ()) -> ANIH5Dataset:
     """Index an ANI HDF5 file for streamed batching; see :class:`ANIH5Dataset`."""
-    return ANIH5Dataset(path, energy_key, forces_key, properties, groups)
+    return ANIH5Dataset(path, energy_key, forces_key, properties, groups, hartree_properties=hartree_properties)
 
 
 def _merge_by_name(conformations: Conformations) -> dict[str, list[ConformerGroup]]:
@@ -383,7 +400,8 @@ def _merge_by_name(conformations: Conformations) -> dict[str, list[ConformerGrou
 
 def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "wb97x_dz.energy",
                  forces_key: str | None = "wb97x_dz.forces", hartree: bool = True,
-                 properties: Sequence[str] | None = None, compression: str | None = None) -> Path:
+                 properties: Sequence[str] | None = None, compression: str | None = None, *,
+                 hartree_properties: Sequence[str] = ()) -> Path:
     """Write a set in the ANI-1x layout, atomically (temp file, fsync, ``os.replace``).
 
     One HDF5 group per group name (groups sharing a name and atoms are concatenated), holding
@@ -392,7 +410,9 @@ def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "w
     if ``hartree`` (the public files' units), else in eV and eV/Å with a dataset attribute
     ``units`` that :func:`read_ani_h5` honours (then the round trip is bit-exact; through
     Hartree it is exact to the last bit or two). ``properties`` (default: all) are written
-    unchanged; each group's ``molecule`` id is stored as the group attribute ``molecule``.
+    unchanged, except those named in ``hartree_properties`` (energies or forces of another
+    method, eV or eV/Å in memory), which are converted like the labels; each group's
+    ``molecule`` id is stored as the group attribute ``molecule``.
     """
     import h5py
 
@@ -404,6 +424,9 @@ def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "w
     for key in keys:
         if key in (energy_key, forces_key, *_STRUCTURE_FIELDS) or "/" in key:
             raise InputError(f"property {key!r} clashes with a structure or label dataset name, or holds '/'")
+    for key in hartree_properties:
+        if key not in keys:
+            raise InputError(f"hartree_properties names {key!r}, which is not among the properties written {keys}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -428,8 +451,12 @@ def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "w
                 for key in keys:
                     if any(key not in p.properties for p in parts):
                         raise InputError(f"group {name!r}: property {key!r} is missing")
-                    grp.create_dataset(key, data=np.concatenate([p.properties[key] for p in parts]),
-                                       compression=compression)
+                    v = np.concatenate([p.properties[key] for p in parts])
+                    if key in hartree_properties:
+                        ds = grp.create_dataset(key, data=v / HARTREE_TO_EV if hartree else v, compression=compression)
+                        ds.attrs["units"] = ("Hartree" if hartree else "eV") + ("/Angstrom" if v.ndim == 3 else "")
+                    else:
+                        grp.create_dataset(key, data=v, compression=compression)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
