@@ -1,0 +1,280 @@
+"""Quantum-chemistry labellers with one interface.
+
+``labeller.label(numbers [A], positions [A, 3] Å, charge=0, multiplicity=1) -> dict`` with
+``energy`` (eV, float), ``forces`` (eV/Å, ``[A, 3]``, or ``None`` when the method gives
+energies only) and method-specific extras (eV); ``labeller.level`` names the level of
+theory (``"wb97x/6-31g*"``, ``"ccsd(t)/cc-pvdz"``, ``"gfn2-xtb"``) and
+``labeller.provenance()`` the program and version. Hartree appears only inside these
+functions and is converted with :mod:`phai.units` (TorchANI's constant).
+
+A charge/multiplicity that does not fit the electron count raises
+:class:`phai.errors.InputError` before any computation; a calculation that runs but fails
+(SCF or CCSD not converged) raises :class:`LabelFailed` with the reason, which
+:func:`phai.labels.store.label_many` records as a failed label.
+
+* :class:`PySCFLabeller`: Kohn-Sham DFT or HF with PySCF; restricted for singlets,
+  unrestricted (UKS/UHF) for ``multiplicity > 1``. Default ``method="wb97x"`` and
+  ``basis="6-31g*"`` with **Cartesian d functions** (``cart=True``, six d components): the
+  ANI-1x level as Gaussian computes it (Gaussian's 6-31G(d) uses 6D by default, and the
+  ANI-1x data were computed with Gaussian 09). PySCF's ``xc="wb97x"`` is libxc's
+  ``HYB_GGA_XC_WB97X`` (Chai & Head-Gordon 2008), the functional Gaussian calls ωB97X.
+  Grid: PySCF's default (``grids.level = 3``), SCF ``conv_tol = 1e-10`` Hartree.
+  Forces are minus PySCF's analytic nuclear gradient (grid-weight derivatives not included,
+  PySCF's default).
+* :class:`PySCFCCSDTLabeller`: HF -> CCSD -> (T) with frozen 1s cores on C, N, O (and F),
+  default basis cc-pVDZ (spherical). Energies only; ``extras`` carry ``hf_energy``,
+  ``ccsd_correlation`` and ``triples_correlation`` (eV). This is CCSD(T)/cc-pVDZ, **not**
+  the complete-basis-set CCSD(T)*/CBS of ANI-1ccx.
+* :class:`TBLiteLabeller`: GFN2-xTB (or GFN1-xTB) through tblite; energies and forces.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, PhaiError
+from ..units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+
+
+class LabelFailed(PhaiError, RuntimeError):
+    """A calculation ran but gave no trustworthy label (e.g. SCF not converged)."""
+
+
+def check_electrons(numbers, charge: int = 0, multiplicity: int = 1) -> tuple[int, int]:
+    """Validate the charge and multiplicity against the electron count.
+
+    Returns ``(n_alpha, n_beta)``. Raises InputError when the multiplicity is not a positive
+    integer, the electron count is negative, or ``N_e`` and ``multiplicity - 1`` have
+    different parity (e.g. a doublet with an even number of electrons).
+    """
+    z = np.asarray(numbers)
+    if z.ndim != 1 or z.size == 0:
+        raise InputError(f"numbers must be a non-empty 1-D array of atomic numbers, got shape {z.shape}")
+    if int(charge) != charge:
+        raise InputError(f"charge must be an integer, got {charge}")
+    if int(multiplicity) != multiplicity or multiplicity < 1:
+        raise InputError(f"multiplicity must be a positive integer (2S+1), got {multiplicity}")
+    ne = int(z.sum()) - int(charge)
+    unpaired = int(multiplicity) - 1
+    if ne < 0:
+        raise InputError(f"charge {charge} leaves {ne} electrons")
+    if unpaired > ne or (ne - unpaired) % 2:
+        raise InputError(f"{ne} electrons (charge {charge}) cannot have multiplicity {multiplicity}: "
+                         f"the number of electrons and multiplicity - 1 must have the same parity "
+                         f"(try multiplicity {1 if ne % 2 == 0 else 2})")
+    return (ne + unpaired) // 2, (ne - unpaired) // 2
+
+
+def _check_geometry(numbers, positions) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(numbers, np.int64)
+    x = np.asarray(positions, np.float64)
+    if x.shape != (len(z), 3):
+        raise InputError(f"positions must have shape ({len(z)}, 3) Å, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise InputError("positions contain NaN or inf")
+    if np.any(z < 1) or np.any(z > 118):
+        raise InputError(f"atomic numbers must be in 1..118, got {sorted(set(z.tolist()))}")
+    return z, x
+
+
+class Labeller:
+    """Base class: ``label(numbers, positions, charge, multiplicity) -> dict`` (see module docstring)."""
+
+    level: str = ""
+    has_forces: bool = True
+
+    def label(self, numbers, positions, charge: int = 0, multiplicity: int = 1) -> dict[str, Any]:
+        z, x = _check_geometry(numbers, positions)
+        check_electrons(z, charge, multiplicity)
+        t0 = time.perf_counter()
+        out = self._compute(z, x, int(charge), int(multiplicity))
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _compute(self, numbers, positions, charge, multiplicity) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, str]:
+        return {}
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable): ``type(self)(**config())`` rebuilds it."""
+        return {}
+
+
+def _pyscf_mol(numbers, positions, charge, multiplicity, basis, cart):
+    from pyscf import gto
+
+    return gto.M(atom=[(int(z), tuple(p)) for z, p in zip(numbers, positions)], unit="Angstrom",
+                 basis=basis, charge=charge, spin=multiplicity - 1, cart=cart, verbose=0)
+
+
+class PySCFLabeller(Labeller):
+    """DFT (any PySCF ``xc``) or Hartree-Fock (``method="hf"``) energies and forces.
+
+    Args:
+      method: PySCF/libxc functional name (``"wb97x"``, ``"b3lyp"``, ...) or ``"hf"``.
+      basis: basis-set name (PySCF's library).
+      cart: Cartesian d (and f) functions; ``None`` picks True for Pople 6-31G-type bases
+        (Gaussian's default 6D for them, as in the ANI-1x data) and False otherwise.
+      grid_level: PySCF ``grids.level`` (3 = PySCF default).
+      conv_tol: SCF energy convergence (Hartree).
+      max_cycle: SCF iterations before :class:`LabelFailed`.
+    """
+
+    def __init__(self, method: str = "wb97x", basis: str = "6-31g*", cart: bool | None = None,
+                 grid_level: int = 3, conv_tol: float = 1e-10, max_cycle: int = 100):
+        self.method = method.lower()
+        self.basis = basis.lower()
+        self.cart = self.basis.startswith("6-3") if cart is None else bool(cart)
+        self.grid_level = int(grid_level)
+        self.conv_tol = float(conv_tol)
+        self.max_cycle = int(max_cycle)
+        self.level = f"{self.method}/{self.basis}"
+
+    def config(self):
+        return {"method": self.method, "basis": self.basis, "cart": self.cart, "grid_level": self.grid_level,
+                    "conv_tol": self.conv_tol, "max_cycle": self.max_cycle}
+
+    def provenance(self):
+        import pyscf
+
+        return {"program": "pyscf", "version": pyscf.__version__, "cart": str(self.cart),
+                "grid_level": str(self.grid_level)}
+
+    def scf(self, mol, multiplicity: int):
+        """The PySCF SCF object (not yet run) for ``mol``."""
+        from pyscf import dft, scf
+
+        if self.method == "hf":
+            mf = scf.RHF(mol) if multiplicity == 1 else scf.UHF(mol)
+        else:
+            mf = dft.RKS(mol) if multiplicity == 1 else dft.UKS(mol)
+            mf.xc = self.method
+            mf.grids.level = self.grid_level
+        mf.conv_tol = self.conv_tol
+        mf.max_cycle = self.max_cycle
+        return mf
+
+    def _compute(self, numbers, positions, charge, multiplicity):
+        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
+        mf = self.scf(mol, multiplicity)
+        e = mf.kernel()
+        if not mf.converged:
+            raise LabelFailed(f"{self.level}: SCF did not converge in {self.max_cycle} cycles (last E = {e} Ha)")
+        grad = mf.nuc_grad_method().kernel()
+        return {"energy": float(e) * HARTREE_TO_EV,
+                "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM)}
+
+
+class PySCFCCSDTLabeller(Labeller):
+    """CCSD(T) total energies (no forces) with PySCF; frozen core by default.
+
+    Args:
+      basis: basis set (default cc-pVDZ; spherical functions, as Dunning bases are defined).
+      frozen_core: freeze the 1s orbital of every atom from Li to Ne (one orbital each).
+      conv_tol: HF convergence (Hartree); CCSD uses PySCF's defaults.
+    """
+
+    has_forces = False
+
+    def __init__(self, basis: str = "cc-pvdz", frozen_core: bool = True, conv_tol: float = 1e-10):
+        self.basis = basis.lower()
+        self.frozen_core = bool(frozen_core)
+        self.conv_tol = float(conv_tol)
+        self.level = f"ccsd(t)/{self.basis}"
+
+    def config(self):
+        return {"basis": self.basis, "frozen_core": self.frozen_core, "conv_tol": self.conv_tol}
+
+    def provenance(self):
+        import pyscf
+
+        return {"program": "pyscf", "version": pyscf.__version__, "frozen_core": str(self.frozen_core)}
+
+    def _compute(self, numbers, positions, charge, multiplicity):
+        from pyscf import cc, scf
+
+        if np.any(numbers > 10):
+            raise InputError("PySCFCCSDTLabeller's frozen core covers H-Ne only; got an element beyond Ne")
+        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, False)
+        mf = scf.RHF(mol) if multiplicity == 1 else scf.UHF(mol)
+        mf.conv_tol = self.conv_tol
+        ehf = mf.kernel()
+        if not mf.converged:
+            raise LabelFailed(f"{self.level}: HF did not converge (last E = {ehf} Ha)")
+        ncore = int(np.sum(numbers > 2)) if self.frozen_core else 0
+        mcc = (cc.CCSD if multiplicity == 1 else cc.UCCSD)(mf, frozen=ncore or None)
+        ecorr, _, _ = mcc.kernel()
+        if not mcc.converged:
+            raise LabelFailed(f"{self.level}: CCSD amplitudes did not converge")
+        et = mcc.ccsd_t()
+        e = ehf + ecorr + et
+        return {"energy": float(e) * HARTREE_TO_EV, "forces": None,
+                "hf_energy": float(ehf) * HARTREE_TO_EV,
+                "ccsd_correlation": float(ecorr) * HARTREE_TO_EV,
+                "triples_correlation": float(et) * HARTREE_TO_EV}
+
+
+class TBLiteLabeller(Labeller):
+    """GFN2-xTB (default) or GFN1-xTB energies and forces with tblite."""
+
+    def __init__(self, method: str = "GFN2-xTB", accuracy: float = 1.0, max_iter: int = 250):
+        if method not in ("GFN2-xTB", "GFN1-xTB"):
+            raise InputError(f"unknown tblite method {method!r}; use 'GFN2-xTB' or 'GFN1-xTB'")
+        self.method = method
+        self.accuracy = float(accuracy)
+        self.max_iter = int(max_iter)
+        self.level = method.lower()
+
+    def config(self):
+        return {"method": self.method, "accuracy": self.accuracy, "max_iter": self.max_iter}
+
+    def provenance(self):
+        from importlib.metadata import version
+
+        return {"program": "tblite", "version": version("tblite")}
+
+    def _compute(self, numbers, positions, charge, multiplicity):
+        from tblite.interface import Calculator
+
+        calc = Calculator(self.method, numbers, positions / BOHR_TO_ANGSTROM, charge=float(charge),
+                          uhf=multiplicity - 1)
+        calc.set("verbosity", 0)
+        calc.set("accuracy", self.accuracy)
+        calc.set("max-iter", self.max_iter)
+        try:
+            res = calc.singlepoint()
+        except RuntimeError as exc:  # tblite raises RuntimeError when the SCC does not converge
+            raise LabelFailed(f"{self.level}: {exc}") from None
+        return {"energy": float(res.get("energy")) * HARTREE_TO_EV,
+                "forces": -np.asarray(res.get("gradient")) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM)}
+
+
+_BY_TYPE = {"PySCFLabeller": PySCFLabeller, "PySCFCCSDTLabeller": PySCFCCSDTLabeller,
+            "TBLiteLabeller": TBLiteLabeller}
+
+
+def labeller_from_level(level: str) -> Labeller:
+    """``"wb97x/6-31g*"``, ``"hf/cc-pvdz"``, ``"ccsd(t)/cc-pvdz"``, ``"gfn2-xtb"``, ``"gfn1-xtb"`` -> a labeller."""
+    text = level.strip().lower()
+    if text in ("gfn2-xtb", "gfn2", "xtb"):
+        return TBLiteLabeller("GFN2-xTB")
+    if text in ("gfn1-xtb", "gfn1"):
+        return TBLiteLabeller("GFN1-xTB")
+    if "/" not in text:
+        raise InputError(f"level {level!r}: write METHOD/BASIS (e.g. wb97x/6-31g*, ccsd(t)/cc-pvdz) or gfn2-xtb")
+    method, basis = text.split("/", 1)
+    if method == "ccsd(t)":
+        return PySCFCCSDTLabeller(basis=basis)
+    return PySCFLabeller(method=method, basis=basis)
+
+
+def labeller_from_config(kind: str, config: dict) -> Labeller:
+    """Rebuild a labeller from ``type(l).__name__`` and ``l.config()``."""
+    if kind not in _BY_TYPE:
+        raise InputError(f"unknown labeller type {kind!r}")
+    return _BY_TYPE[kind](**config)
