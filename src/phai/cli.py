@@ -31,7 +31,8 @@ from .errors import PhaiError
 BUNDLED = Path(__file__).parent / "data" / "molecules"
 
 # Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
-COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.data")
+COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.data",
+                             "phai.commands.label")
 
 
 class CLIError(PhaiError):
