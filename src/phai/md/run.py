@@ -362,11 +362,17 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
                 R0 = wrap_positions(R0, system.box)
             init_fn, apply_fn = _simulator(system, s)
             nbrs = system.neighbor_fn.allocate(R0) if system.neighbor_fn is not None else None
-            kw = {"neighbor": nbrs} if nbrs is not None else {}
-            state = init_fn(jax.random.PRNGKey(s.seed), R0, mass=jnp.asarray(masses, dtype),
-                            momenta=jnp.asarray(p0, dtype), **({"kT": s.temperature * _kb()}
-                                                              if s.ensemble == "nve" else {}), **kw)
-            e0 = float(system.energy_fn(R0, neighbor=nbrs))
+            extra = {"kT": s.temperature * _kb()} if s.ensemble == "nve" else {}
+
+            @jax.jit  # eager evaluation of the potential would dispatch op by op (tens of seconds)
+            def start_fn(key, R, mass, momenta, nbrs):
+                kw = {"neighbor": nbrs} if nbrs is not None else {}
+                st = init_fn(key, R, mass=mass, momenta=momenta, **extra, **kw)
+                return st, system.energy_fn(R, neighbor=nbrs)
+
+            state, e0 = start_fn(jax.random.PRNGKey(s.seed), R0, jnp.asarray(masses, dtype),
+                                 jnp.asarray(p0, dtype), nbrs)
+            e0 = float(e0)
             if not math.isfinite(e0):
                 raise TrajectoryDiverged("the potential energy of the initial structure is not finite", 0,
                                          partial_result())
