@@ -32,7 +32,8 @@ BUNDLED = Path(__file__).parent / "data" / "molecules"
 
 # Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
 COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.data",
-                             "phai.commands.label")
+                             "phai.commands.label", "phai.commands.optimize", "phai.commands.vib",
+                             "phai.commands.scan", "phai.commands.md")
 
 
 class CLIError(PhaiError):
