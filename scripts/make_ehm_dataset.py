@@ -1,0 +1,219 @@
+"""Generate the ML-EHM data set: DFT orbital energies of small conjugated molecules.
+
+Recipe (also in ``src/phai/data/ehm/RECIPE.md``; regenerate with ``python scripts/make_ehm_dataset.py``):
+
+* **Geometries**: RDKit ETKDGv3 conformer (``randomSeed=42``) of the SMILES with explicit
+  hydrogens, MMFF94 optimisation; for torsion scans the heavy-atom dihedral 0-1-2-3 is set
+  (0 = s-cis, 180 = s-trans) and the rest of the molecule relaxed by MMFF94 with that dihedral
+  constrained (``MMFFAddTorsionConstraint``, force constant 1e4 kcal/mol/rad^2). "Distorted"
+  frames add Gaussian noise (sigma 0.05 Å, ``numpy.random.default_rng(SEED)``) to every
+  coordinate of such a geometry.
+* **Reference**: PySCF restricted Kohn-Sham B3LYP/6-31G(d) (QM9's functional, a hybrid whose
+  occupied orbital energies track ionisation energies better than a pure GGA; no diffuse
+  functions, so the lowest virtual orbitals stay valence-like pi*/sigma*, the kind a minimal
+  STO basis can describe), default grids, ``conv_tol=1e-9``, one thread.
+* **Stored orbitals**: every valence occupied orbital (all occupied minus one 1s core orbital
+  per heavy atom; their count equals extended Hückel's n_electrons/2) and the 4 lowest virtual
+  orbitals, in eV ascending.
+
+Output: ``src/phai/data/ehm/ehm_dft.npz`` (atomically written) and a resumable work file
+``ehm_dft.jsonl`` beside it (one JSON line per finished calculation; a rerun skips those).
+Run with ``nice -n 10``; it uses one process and one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "src" / "phai" / "data" / "ehm"
+SEED = 2026
+HARTREE_TO_EV = 27.211386024367243
+N_VIRTUAL = 4
+XC, BASIS = "b3lyp", "6-31g*"
+
+# name, SMILES (heavy atoms 0-1-2-3 form the scanned dihedral when a scan is given)
+MOLECULES = {
+    "butadiene": "C=CC=C",
+    "azabutadiene": "C=NC=C",  # 2-aza-1,3-butadiene
+    "acrolein": "C=CC=O",
+    "glyoxal": "O=CC=O",
+    "1-azabutadiene": "N=CC=C",  # held-out molecule
+    "ethylene": "C=C",
+    "formaldehyde": "C=O",
+    "methanimine": "C=N",
+    "propene": "C=CC",
+}
+
+
+def jobs():
+    """(molecule, dihedral or None, distortion index or -1, split) in priority order.
+
+    Sized for a 30-minute budget on one shared core: the seed-figure scans at every 10
+    degrees (odd multiples of 10 held out), coarser scans of acrolein and glyoxal, the small
+    molecules, a held-out molecule (1-aza-1,3-butadiene), then distorted frames.
+    """
+    out = []
+    for mol in ("butadiene", "azabutadiene"):  # the seed figure first
+        for ang in range(0, 181, 10):
+            out.append((mol, ang, -1, "train" if ang % 20 == 0 else "test"))
+    for mol in ("acrolein", "glyoxal"):
+        for ang in range(0, 181, 60):
+            out.append((mol, ang, -1, "train"))
+    for mol in ("ethylene", "formaldehyde", "methanimine", "propene"):
+        out.append((mol, None, -1, "train"))
+    for ang in range(0, 181, 60):
+        out.append(("1-azabutadiene", ang, -1, "test"))
+    for mol in ("butadiene", "azabutadiene"):
+        for k, ang in enumerate(range(0, 181, 60)):
+            out.append((mol, ang, k, "train"))
+    for mol in ("ethylene", "formaldehyde", "methanimine", "propene"):
+        for k in range(2):
+            out.append((mol, None, k, "train"))
+    for mol in ("acrolein", "glyoxal"):
+        for ang in range(30, 181, 60):
+            out.append((mol, ang, -1, "train"))
+    return out
+
+
+def geometry(name, dihedral, distortion):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, rdMolTransforms
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(MOLECULES[name]))
+    AllChem.EmbedMolecule(mol, _etkdg())
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+    ff.Minimize(maxIts=2000)
+    if dihedral is not None:
+        conf = mol.GetConformer()
+        rdMolTransforms.SetDihedralDeg(conf, 0, 1, 2, 3, float(dihedral))
+        ff = AllChem.MMFFGetMoleculeForceField(mol, props)
+        ff.MMFFAddTorsionConstraint(0, 1, 2, 3, False, float(dihedral), float(dihedral), 1e4)
+        ff.Minimize(maxIts=5000)
+    pos = mol.GetConformer().GetPositions()
+    if distortion >= 0:
+        key = (list(MOLECULES).index(name), -1 if dihedral is None else int(dihedral), distortion)
+        rng = np.random.default_rng([SEED, *[k + 1 for k in key]])
+        pos = pos + rng.normal(0.0, 0.05, pos.shape)
+    return [a.GetAtomicNum() for a in mol.GetAtoms()], pos
+
+
+def _etkdg():
+    from rdkit.Chem import AllChem
+
+    p = AllChem.ETKDGv3()
+    p.randomSeed = 42
+    return p
+
+
+_LAST_DM = {}
+
+
+def label(numbers, pos):
+    """B3LYP/6-31G(d) orbital energies (eV); the SCF starts from the previous density of the
+    same molecule (a scan's neighbour), which changes the converged result by < conv_tol."""
+    from pyscf import dft, gto, lib
+
+    lib.num_threads(1)
+    mol = gto.M(atom=[(int(z), tuple(r)) for z, r in zip(numbers, pos)], basis=BASIS, verbose=0, unit="Angstrom")
+    mf = dft.RKS(mol)
+    mf.xc = XC
+    mf.conv_tol = 1e-9
+    key = tuple(numbers)
+    e_tot = mf.kernel(dm0=_LAST_DM.get(key))
+    _LAST_DM[key] = mf.make_rdm1()
+    if not mf.converged:
+        raise RuntimeError("SCF did not converge")
+    n_occ = mol.nelectron // 2
+    n_core = sum(1 for z in numbers if z > 2)
+    eps = np.asarray(mf.mo_energy) * HARTREE_TO_EV
+    return {"occupied": eps[n_core:n_occ].tolist(), "virtual": eps[n_occ:n_occ + N_VIRTUAL].tolist(),
+            "core": eps[:n_core].tolist(), "e_total_ev": float(e_tot) * HARTREE_TO_EV}
+
+
+def _atomic_write(path: Path, write):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def assemble(records, path: Path):
+    """Pad the records into one npz (NaN marks padding in the orbital arrays)."""
+    n = len(records)
+    a = max(len(r["numbers"]) for r in records)
+    o = max(len(r["occupied"]) for r in records)
+    numbers = np.zeros((n, a), np.int8)
+    positions = np.zeros((n, a, 3), np.float64)
+    occ = np.full((n, o), np.nan)
+    for k, r in enumerate(records):
+        numbers[k, :len(r["numbers"])] = r["numbers"]
+        positions[k, :len(r["numbers"])] = r["positions"]
+        occ[k, :len(r["occupied"])] = r["occupied"]
+    names = list(MOLECULES)
+    arrays = {
+        "numbers": numbers, "positions": positions,
+        "n_atoms": np.array([len(r["numbers"]) for r in records], np.int16),
+        "molecule": np.array([names.index(r["molecule"]) for r in records], np.int16),
+        "molecule_names": np.array(names),
+        "dihedral": np.array([np.nan if r["dihedral"] is None else r["dihedral"] for r in records]),
+        "distortion": np.array([r["distortion"] for r in records], np.int16),
+        "test": np.array([r["split"] == "test" for r in records]),
+        "occupied": occ, "n_occupied": np.array([len(r["occupied"]) for r in records], np.int16),
+        "virtual": np.array([r["virtual"] for r in records]),
+    }
+    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=1800.0, help="seconds of labelling before stopping")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = OUT / "ehm_dft.jsonl"
+    done = {}
+    if work.exists():
+        for line in work.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                done[(r["molecule"], r["dihedral"], r["distortion"])] = r
+    t0 = time.time()
+    with open(work, "a") as f:
+        for mol, ang, dist, split in jobs():
+            if (mol, ang, dist) in done:
+                continue
+            if time.time() - t0 > args.budget:
+                print("budget exhausted; rerun to continue", flush=True)
+                break
+            z, pos = geometry(mol, ang, dist)
+            t = time.time()
+            lab = label(z, pos)
+            rec = dict(molecule=mol, dihedral=ang, distortion=dist, split=split, numbers=z,
+                       positions=np.round(pos, 6).tolist(), **lab)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[(mol, ang, dist)] = rec
+            print(f"{mol} {ang} {dist}: {time.time() - t:.1f} s, HOMO {lab['occupied'][-1]:.3f} eV", flush=True)
+    order = {(m, a, d): k for k, (m, a, d, _) in enumerate(jobs())}
+    records = sorted(done.values(), key=lambda r: order.get((r["molecule"], r["dihedral"], r["distortion"]), 1e9))
+    assemble(records, OUT / "ehm_dft.npz")
+    print(f"{len(records)} records -> {OUT / 'ehm_dft.npz'}")
+
+
+if __name__ == "__main__":
+    main()
