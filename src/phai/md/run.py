@@ -272,7 +272,7 @@ class _Writers:
 
 
 def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bool = False,
-           settings: MDSettings | None = None, **options) -> MDResult:
+           momenta=None, settings: MDSettings | None = None, **options) -> MDResult:
     """Run molecular dynamics of ``atoms`` with a phai potential and jax-md.
 
     Args:
@@ -285,6 +285,8 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
         each frame's info and momenta (amu Å / ASE time unit).
       log: path of a CSV log with the columns :data:`LOG_COLUMNS`.
       progress: show a tqdm progress bar (on stderr).
+      momenta: ``[A, 3]`` initial momenta (amu Å / ASE time, e.g. ``atoms.get_momenta()`` of
+        a previous run's last frame) instead of Maxwell-Boltzmann ones.
       settings: an :class:`MDSettings`, or its fields as keywords (``ensemble``,
         ``temperature`` K, ``dt`` fs, ``steps``, ``log_every``, ``seed``, ``thermostat``,
         ``friction`` 1/fs, ``tau`` fs, ``max_energy_jump`` eV/atom).
@@ -315,7 +317,12 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
     a = len(z)
     dof = degrees_of_freedom(a)
     masses = atoms.get_masses()
-    p0 = maxwell_boltzmann_momenta(masses, s.temperature, s.seed)
+    if momenta is None:
+        p0 = maxwell_boltzmann_momenta(masses, s.temperature, s.seed)
+    else:
+        p0 = np.asarray(momenta, np.float64)
+        if p0.shape != (len(masses), 3) or not np.all(np.isfinite(p0)):
+            raise InputError(f"momenta must be finite with shape ({len(masses)}, 3), got {p0.shape}")
     t_limit = max(10.0 * s.temperature, 5000.0)
     energy_limit = s.max_energy_jump * a
     base = atoms.copy()
