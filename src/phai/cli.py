@@ -4,8 +4,9 @@
     Energies (eV), forces (eV/Å) and ensemble spread (eV) of every frame of every file
     ASE can read. ``--json`` prints JSON Lines, one object per frame in input order, with
     keys ``energy``, ``forces`` (N x 3) and ``energy_std`` (plus ``file`` and ``frame``).
-``phai demo``
-    The main job: ANI-1x on a bundled molecule, as a table.
+``phai demo [--out phai-demo]``
+    The main job: ANI-1x on a bundled molecule, as a table; then optimization, a short NVT
+    trajectory, an energy plot and a summary written to ``--out``.
 ``phai fetch [MODEL...]``
     Download and convert pretrained weights ahead of time.
 ``phai models``
@@ -119,6 +120,14 @@ def cmd_demo(args) -> int:
     print("member energies   " + " ".join(f"{e:.4f}" for e in res.member_energies) + " eV")
     print(f"max |force|       {np.max(np.linalg.norm(res.forces, axis=1)):.5f} eV/Å")
     print(f"time              {1e3 * (t1 - t0):.0f} ms first call (compilation), {1e3 * (t2 - t1):.2f} ms after")
+    if args.md_steps < 0:
+        raise CLIError(f"--md-steps must be >= 0, got {args.md_steps}")
+    if args.md_steps:  # the simulation part: phai.md.demo
+        from .md.demo import print_summary, simulation_demo
+
+        print(f"\nsimulation: L-BFGS optimization, {args.md_steps * 0.5 / 1000:g} ps NVT (Langevin, 300 K, 0.5 fs), "
+              f"0.2 ps NVE")
+        print_summary(simulation_demo(atoms, pot, args.out, md_steps=args.md_steps), args.out)
     return 0
 
 
@@ -155,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--molecule", default="aspirin")
     d.add_argument("--model", default="ani-1x")
     d.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    d.add_argument("--out", default="phai-demo", help="folder for structure, trajectory, energy plot, summary")
+    d.add_argument("--md-steps", type=int, default=2000, help="NVT steps of 0.5 fs (default 2000; 0: table only)")
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser("fetch", help="download and convert pretrained weights")
