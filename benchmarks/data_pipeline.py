@@ -100,8 +100,9 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--window", type=int, default=2000, help="conformations in memory when streaming")
     args = ap.parse_args()
-    import phai.data  # noqa: F401 - imports (jax, torch) outside the timings
     import torchani  # noqa: F401
+
+    import phai.data  # noqa: F401 - imports (jax, torch) outside the timings
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.h5"
         total = write_file(path, args.molecules, args.conformations)

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..batching import Packed, pack
 from ..errors import InputError
 from ..structures import SYMBOLS, bucket
+
+if TYPE_CHECKING:  # phai.batching imports JAX (through phai.geometry): only when batches are built
+    from ..batching import Packed
 
 __all__ = ["Batch", "BatchSource", "batch_plan", "iter_batches", "num_batches"]
 
@@ -263,6 +265,8 @@ def _batches(source, batch_size, species, radial_cutoff, angular_cutoff, shuffle
 def _make_batch(loaded: dict, offsets: np.ndarray, idx: np.ndarray, table: np.ndarray, b_slots: int,
                 radial_cutoff: float, angular_cutoff: float, forces: bool, properties, atom_properties,
                 min_atoms: int, step: int) -> Batch:
+    from ..batching import pack
+
     g_of = np.searchsorted(offsets, idx, side="right") - 1
     items = [(loaded[int(g)], int(i - offsets[g])) for g, i in zip(g_of, idx)]
     species_list = []
