@@ -426,6 +426,9 @@ def test_batches_cover_each_conformation_once_and_are_deterministic():
         np.testing.assert_array_equal(b.forces, full.forces)
     with pytest.raises(InputError, match="element O is not among"):
         list(iter_batches(data, 4, species=(1, 6, 7), prefetch=1))
+    # labels are decided for the whole set: a set where one group lacks forces gives no forces
+    mixed = Conformations([data.groups[0].replace(forces=None), *data.groups[1:]])
+    assert all(b.forces is None and b.energy is not None for b in iter_batches(mixed, 4, species=(1, 6, 7, 8)))
     gen = iter_batches(data, 1, species=(1, 6, 7, 8), prefetch=1)
     next(gen)
     gen.close()  # stopping early ends the thread

@@ -348,6 +348,14 @@ class ANIH5Dataset:
         return len(self.names)
 
     @property
+    def has_energy(self) -> bool:
+        return self.energy_key is not None and bool(self.names)
+
+    @property
+    def has_forces(self) -> bool:
+        return self.forces_key is not None and bool(self.names)
+
+    @property
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
 

@@ -184,7 +184,11 @@ def iter_batches(source: BatchSource, batch_size: int, *, species: Sequence[int 
         ``.Rca``; ANI-1x: 5.2 and 3.5).
       shuffle, seed, epoch, bucket_by_size, window, drop_last: the plan (:func:`batch_plan`).
       start: skip the first ``start`` batches of the plan (resume mid-epoch).
-      forces: include forces (if the set has them).
+      forces: include forces (if the set has them: ``source.has_forces``).
+
+    Energies are included if ``source.has_energy`` (every group has them); forces likewise,
+    so every batch of an epoch carries the same fields. A source without these attributes
+    must label every group or none.
       properties, atom_properties: extra per-conformation / per-atom labels to include.
       min_atoms: smallest atom-slot count of a packed batch.
       prefetch: if positive, build up to this many batches ahead in a background thread
@@ -246,6 +250,9 @@ def _batches(source, batch_size, species, radial_cutoff, angular_cutoff, shuffle
     table = np.full(len(SYMBOLS), -1, dtype=np.int32)
     table[z_of] = np.arange(len(z_of), dtype=np.int32)
     b_slots = bucket(batch_size, minimum=1)
+    # labels decided once for the whole set, so every batch of an epoch carries the same fields
+    want_e = bool(getattr(source, "has_energy", True))
+    want_f = bool(forces and getattr(source, "has_forces", True))
     step = 0
     for groups, batches in _plan_windows(source, batch_size, shuffle, seed, epoch, bucket_by_size, window,
                                          drop_last):
@@ -256,14 +263,14 @@ def _batches(source, batch_size, species, radial_cutoff, angular_cutoff, shuffle
         offsets = np.concatenate([[0], np.cumsum(np.asarray(source.group_sizes, dtype=np.int64))])
         for idx in batches:
             if step >= start:
-                yield _make_batch(loaded, offsets, idx, table, b_slots, radial_cutoff, angular_cutoff, forces,
-                                  properties, atom_properties, min_atoms, step)
+                yield _make_batch(loaded, offsets, idx, table, b_slots, radial_cutoff, angular_cutoff, want_e,
+                                  want_f, properties, atom_properties, min_atoms, step)
             step += 1
         del loaded
 
 
 def _make_batch(loaded: dict, offsets: np.ndarray, idx: np.ndarray, table: np.ndarray, b_slots: int,
-                radial_cutoff: float, angular_cutoff: float, forces: bool, properties, atom_properties,
+                radial_cutoff: float, angular_cutoff: float, want_e: bool, want_f: bool, properties, atom_properties,
                 min_atoms: int, step: int) -> Batch:
     from ..batching import pack
 
@@ -285,8 +292,11 @@ def _make_batch(loaded: dict, offsets: np.ndarray, idx: np.ndarray, table: np.nd
     num_atoms = np.zeros(b, np.int64)
     mol_mask = np.zeros(b, bool)
     mol_mask[:len(items)] = True
-    has_e = all(grp.energy is not None for grp, _ in items)
-    has_f = forces and all(grp.forces is not None for grp, _ in items)
+    for field, wanted in (("energy", want_e), ("forces", want_f)):
+        lacking = [grp.name for grp, _ in items if getattr(grp, field) is None]
+        if wanted and lacking:
+            raise InputError(f"group {lacking[0]!r}: field {field!r} is missing while other groups have it")
+    has_e, has_f = want_e, want_f
     energy = np.zeros(b, np.float64) if has_e else None
     frc = np.zeros((n, 3), np.float64) if has_f else None
     props = {}
