@@ -294,6 +294,24 @@ def test_normal_mode_sampling_recipe_and_reproducibility():
     assert 0.5 * np.sum(m.force_constants * coeff**2) == pytest.approx(s * nf * K_B_EV * 600.0 / 2, rel=1e-8)
 
 
+def test_vibrational_modes_match_phai_md():
+    """The sampler's own (JAX-free) normal modes equal phai.md.vibrations.harmonic_analysis."""
+    from ase.data import atomic_masses
+
+    from phai.labels.conformers import minima, vibrational_modes, xtb_hessian
+    from phai.md.vibrations import harmonic_analysis
+
+    (m,) = minima("C=O", name="formaldehyde")
+    h = xtb_hessian(m.numbers, m.positions)
+    masses = atomic_masses[m.numbers]
+    modes, lam = vibrational_modes(h, m.positions, masses)
+    ref = harmonic_analysis(h, m.positions, masses)
+    assert modes.shape == ref.modes.shape == (6, 4, 3)
+    overlap = np.abs(np.einsum("kac,kac->k", modes, ref.modes))  # same patterns up to sign
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
+    assert np.all(lam > 0)
+
+
 def test_cli_label_xyz_and_export(tmp_path, capsys):
     import ase.io
     from ase import Atoms

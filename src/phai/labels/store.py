@@ -147,8 +147,9 @@ def label_many(labeller: Labeller, conformers: Sequence[Conformer], store_path, 
         their settings).
       conformers: geometries to label; every charge/multiplicity is checked first.
       store_path: the store folder (created).
-      processes: worker processes (``ProcessPoolExecutor``, spawn); ``<= 1`` labels in this
-        process.
+      processes: worker processes (``ProcessPoolExecutor`` with the ``spawn`` start method, so
+        a script calling this must guard its entry point with ``if __name__ == "__main__":``);
+        ``<= 1`` labels in this process.
       threads: OpenMP/BLAS threads per worker (set before PySCF loads in the worker).
       retry_failed: recompute labels stored as failed.
       progress: a tqdm bar on stderr.
