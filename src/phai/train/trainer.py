@@ -548,6 +548,7 @@ class Trainer:
                 if callback is not None:
                     callback({"epoch": epoch, "batch": k + 1, "step": st["step"], "checkpointed": done})
             bar.close()
+            jax.block_until_ready(self.params)  # dispatch is asynchronous: time the work, not its queueing
             self._end_epoch(epoch, sums, time.perf_counter() - t0)
             if cfg.progress:
                 h = st["history"][-1]
