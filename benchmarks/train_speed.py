@@ -19,6 +19,7 @@ Usage: python benchmarks/train_speed.py [--members 8] [--batch-size 256] [--conf
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 import warnings
@@ -79,7 +80,7 @@ def torchani_rate(ts, members: int, batch_size: int, epochs: int, threads: int) 
 
     def net(widths):
         layers, w = [], (p.length, *widths)
-        for a, b in zip(w[:-1], w[1:]):
+        for a, b in itertools.pairwise(w):
             layers += [torch.nn.Linear(a, b), torch.nn.CELU(0.1)]
         return torch.nn.Sequential(*layers, torch.nn.Linear(w[-1], 1))
 
