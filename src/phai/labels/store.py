@@ -45,7 +45,7 @@ from ..units import HARTREE_TO_EV
 from .conformers import Conformer
 from .labellers import LabelFailed, Labeller, check_electrons
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PYSCF_MAX_MEMORY")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def geometry_key(numbers, positions, charge: int = 0, multiplicity: int = 1) -> str:
@@ -100,7 +100,7 @@ def read_record(path: Path) -> dict | None:
 
 
 def _worker_init(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
     try:
         from pyscf import lib
@@ -139,7 +139,7 @@ def _record(labeller: Labeller, conf: Conformer, result: dict, key: str) -> dict
 
 
 def label_many(labeller: Labeller, conformers: Sequence[Conformer], store_path, processes: int = 1,
-               threads: int = 1, retry_failed: bool = False, progress: bool = False) -> dict:
+               threads: int | None = None, retry_failed: bool = False, progress: bool = False) -> dict:
     """Label ``conformers`` into ``store_path``, skipping labels already there.
 
     Args:
@@ -150,7 +150,8 @@ def label_many(labeller: Labeller, conformers: Sequence[Conformer], store_path, 
       processes: worker processes (``ProcessPoolExecutor`` with the ``spawn`` start method, so
         a script calling this must guard its entry point with ``if __name__ == "__main__":``);
         ``<= 1`` labels in this process.
-      threads: OpenMP/BLAS threads per worker (set before PySCF loads in the worker).
+      threads: OpenMP/BLAS threads per worker process (set before PySCF loads in it; default
+        1). With ``processes <= 1`` the calling process's threads are left alone unless given.
       retry_failed: recompute labels stored as failed.
       progress: a tqdm bar on stderr.
 
@@ -191,14 +192,16 @@ def label_many(labeller: Labeller, conformers: Sequence[Conformer], store_path, 
 
     try:
         if processes <= 1:
-            _worker_init(threads) if threads else None
+            if threads:
+                _worker_init(threads)
             for key, conf in todo:
                 finish(key, conf, _run_one(labeller, conf))
         elif todo:
             import multiprocessing as mp
 
-            saved = {v: os.environ.get(v) for v in THREAD_VARIABLES[:3]}
-            os.environ.update({v: str(threads) for v in THREAD_VARIABLES[:3]})
+            threads = threads or 1
+            saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+            os.environ.update({v: str(threads) for v in THREAD_VARIABLES})
             try:
                 with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn"),
                                          initializer=_worker_init, initargs=(threads,)) as pool:
