@@ -66,11 +66,19 @@ def label_key(level: str, numbers, positions, charge: int = 0, multiplicity: int
     return h.hexdigest()[:40]
 
 
+def _umask_mode() -> int:
+    """``0o666`` minus the process umask: the mode an ordinary ``open`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON durably: temp file in the same folder, fsync, os.replace, fsync the folder."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh)
             fh.flush()
@@ -335,6 +343,7 @@ def export_ani_h5(store_path, out_path, levels: Sequence[str] | None = None,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
