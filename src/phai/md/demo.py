@@ -48,12 +48,13 @@ def plot_md(nvt, path, nve=None, title: str | None = None) -> None:
     fig.savefig(path, dpi=110)
 
 
-def simulation_demo(atoms, potential, out="phai-demo", *, md_steps: int = 2000, nve_steps: int = 400,
+def simulation_demo(atoms, potential, out="phai-demo", *, md_steps: int = 2000, nve_steps: int | None = None,
                     dt: float = 0.5, temperature: float = 300.0, log_every: int = 20, seed: int = 0,
                     progress: bool = True) -> dict:
     """Optimize ``atoms``, run NVT then NVE, write the files listed above; return the summary.
 
     Units: eV, eV/Å, K, fs, seconds. The potential's own precision is used throughout.
+    ``nve_steps`` defaults to a fifth of ``md_steps`` (at least ``log_every``).
     """
     import ase.io
 
@@ -77,6 +78,7 @@ def simulation_demo(atoms, potential, out="phai-demo", *, md_steps: int = 2000, 
                     "potential_mean_eV": float(np.mean(nvt.potential[len(nvt.potential) // 2:])),
                     "nvt_s": nvt.wall_time, "nvt_ms_per_step": 1e3 * nvt.wall_time / md_steps})
     nve = None
+    nve_steps = max(md_steps // 5, log_every) if nve_steps is None else nve_steps
     if nve_steps > 0:
         last = nvt.atoms
         nve = run_md(last, potential, log=out / "nve.csv", progress=False, momenta=last.get_momenta(),

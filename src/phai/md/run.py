@@ -359,25 +359,19 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
         last_atoms = fr
 
     try:
-        with ctx:
+        with ctx, warnings.catch_warnings():
+            # jax-md's Nose-Hoover asks for float64 sums, which float32 runs truncate (harmless)
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
             dtype = jnp.float64 if x64 else jnp.float32
             R0 = jnp.asarray(atoms.get_positions(), dtype)
-            system = _system(pot, atoms, R0)
+            eng = _engine(pot, atoms, s, x64, dof, t_limit)
+            system = eng.system
             if system.box is not None:
                 from . import wrap_positions
 
                 R0 = wrap_positions(R0, system.box)
-            init_fn, apply_fn = _simulator(system, s)
             nbrs = system.neighbor_fn.allocate(R0) if system.neighbor_fn is not None else None
-            extra = {"kT": s.temperature * _kb()} if s.ensemble == "nve" else {}
-
-            @jax.jit  # eager evaluation of the potential would dispatch op by op (tens of seconds)
-            def start_fn(key, R, mass, momenta, nbrs):
-                kw = {"neighbor": nbrs} if nbrs is not None else {}
-                st = init_fn(key, R, mass=mass, momenta=momenta, **extra, **kw)
-                return st, system.energy_fn(R, neighbor=nbrs)
-
-            state, e0 = start_fn(jax.random.PRNGKey(s.seed), R0, jnp.asarray(masses, dtype),
+            state, e0 = eng.start(jax.random.PRNGKey(s.seed), R0, jnp.asarray(masses, dtype),
                                  jnp.asarray(p0, dtype), nbrs)
             e0 = float(e0)
             if not math.isfinite(e0):
@@ -385,14 +379,11 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
                                          partial_result())
             record(0, state, e0)
             etot0 = rec["epot"][0] + rec["ekin"][0]
-            chunks = {}
             bar = tqdm(total=s.steps, unit="step", disable=not progress, desc=f"MD {s.ensemble}")
             done = 0
             while done < s.steps:
                 length = min(s.log_every, s.steps - done)
-                if length not in chunks:
-                    chunks[length] = _make_chunk(apply_fn, system, length, dof, t_limit)
-                new_state, new_nbrs, bad, epot = chunks[length](state, nbrs)
+                new_state, new_nbrs, bad, epot = eng.chunk(length)(state, nbrs)
                 if nbrs is not None and bool(new_nbrs.did_buffer_overflow):
                     # redo the chunk from its start with a larger list (no step used the overflowed one)
                     try:
@@ -401,7 +392,6 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
                         raise TrajectoryDiverged(f"between steps {done} and {done + length}: {exc}; kept "
                                                  f"{len(rec['steps'])} good frames", done + 1,
                                                  partial_result()) from None
-                    chunks.clear()
                     continue
                 bad = int(bad)
                 epot = float(epot)
@@ -434,6 +424,53 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
             bar.close()
         writers.close()
     return partial_result()
+
+
+class _Engine:
+    """The jitted pieces of one kind of run: start (init + energy) and ``lax.scan`` chunks.
+
+    Kept in a small cache (:func:`_engine`) so that repeated runs of one system in one
+    process (a reproducibility check, an NVT run continued, the CLI called twice) reuse the
+    compiled code instead of tracing new closures.
+    """
+
+    def __init__(self, pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float):
+        import jax
+        import jax.numpy as jnp
+
+        self.system = _system(pot, atoms, jnp.zeros((len(atoms), 3), jnp.float64 if x64 else jnp.float32))
+        init_fn, self.apply_fn = _simulator(self.system, s)
+        extra = {"kT": s.temperature * _kb()} if s.ensemble == "nve" else {}
+        system = self.system
+
+        def start(key, R, mass, momenta, nbrs):
+            kw = {"neighbor": nbrs} if nbrs is not None else {}
+            st = init_fn(key, R, mass=mass, momenta=momenta, **extra, **kw)
+            return st, system.energy_fn(R, neighbor=nbrs)
+
+        self.start = jax.jit(start)  # eager evaluation would dispatch op by op (tens of seconds)
+        self._chunks: dict = {}
+        self._dof, self._t_limit = dof, t_limit
+
+    def chunk(self, length: int):
+        if length not in self._chunks:
+            self._chunks[length] = _make_chunk(self.apply_fn, self.system, length, self._dof, self._t_limit)
+        return self._chunks[length]
+
+
+_ENGINES: dict = {}
+_MAX_ENGINES = 4
+
+
+def _engine(pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float) -> _Engine:
+    key = (pot, tuple(atoms.get_atomic_numbers().tolist()), tuple(bool(b) for b in atoms.pbc),
+           np.asarray(atoms.cell, np.float64).tobytes() if any(atoms.pbc) else None, x64, s.ensemble, s.thermostat,
+           s.dt, s.temperature, s.friction, s.tau, dof, t_limit)
+    if key not in _ENGINES:
+        if len(_ENGINES) >= _MAX_ENGINES:
+            _ENGINES.pop(next(iter(_ENGINES)))
+        _ENGINES[key] = _Engine(pot, atoms, s, x64, dof, t_limit)
+    return _ENGINES[key]
 
 
 def _reallocate(neighbor_fn, R):
