@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,7 @@ def test_committed_dataset_is_consistent():
     with h5py.File(DATASET) as f:
         names = list(f)
         assert len(names) >= 20
+        n_dft = sum(int(np.isfinite(f[n]["wb97x_dz.energy"][()]).sum()) for n in names)
         for name in names:
             g = f[name]
             a = len(g["atomic_numbers"])
@@ -356,17 +358,20 @@ def test_committed_dataset_is_consistent():
             assert g.attrs["split"] in ("train", "test")
             e = g["wb97x_dz.energy"][()]
             ok = np.isfinite(e)
-            # energies in Hartree: below the sum of ANI-1x's self energies by an atomisation energy
+            # energies in Hartree: below the sum of ANI-1x's self energies by an atomisation-like
+            # energy (0.11-0.16 Ha per atom here), never in eV
             z = g["atomic_numbers"][()]
             sae = np.sum(np.select([z == 1, z == 6, z == 7, z == 8], [-0.5006, -37.8302, -54.5680, -75.0362]))
-            assert np.all((e[ok] < sae) & (e[ok] > sae - 1.5))
+            assert np.all((e[ok] < sae) & (e[ok] > sae - 0.25 * len(z)))
             # where both exist, CCSD(T)/cc-pVDZ lies below HF/cc-pVDZ by a sane correlation energy
             cc, hf = g["ccsd(t)_dz.energy"][()], g["hf_dz.energy"][()]
             both = np.isfinite(cc)
             corr = (cc - hf)[both]
             assert np.all((corr < -0.05 * np.sum(z > 1)) & (corr > -0.3 * np.sum(z > 1) - 0.05))
-    data = read_ani_h5(DATASET, "wb97x_dz.energy", "wb97x_dz.forces")
-    assert data.num_groups >= 20 and data.has_forces
+    with warnings.catch_warnings():  # read_ani_h5 warns about the NaN (not computed) labels it drops
+        warnings.simplefilter("ignore", UserWarning)
+        data = read_ani_h5(DATASET, "wb97x_dz.energy", "wb97x_dz.forces")
+    assert len(data) == n_dft and data.num_groups >= 20 and data.has_forces
     # spot check: a stored label against a fresh PySCF computation (smallest molecule)
     g = min(data.groups, key=lambda g: g.num_atoms)
     fresh = PySCFLabeller().label(g.numbers, g.positions[0])
