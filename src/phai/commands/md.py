@@ -81,7 +81,7 @@ def run(args) -> int:
                      progress=not args.no_progress, settings=settings)
     n = len(res.steps)
     half = res.temperature[n // 2:]
-    print(f"structure        {atoms.get_chemical_formula()} ({len(atoms)} atoms), {args.model} {args.precision}")
+    print(f"structure        {atoms.get_chemical_formula()} ({len(atoms)} atoms), {args.model} {args.model_precision}")
     label = args.ensemble if args.ensemble == "nve" else f"nvt ({args.thermostat})"
     print(f"run              {label}, {args.steps} steps of {args.dt:g} fs = {args.steps * args.dt / 1000:g} ps, "
           f"{n} frames")

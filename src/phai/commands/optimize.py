@@ -21,7 +21,9 @@ from ..errors import InputError
 def add_model_options(p, precision: str = "float64") -> None:
     """``--model``, ``--precision`` and ``--frame`` (shared by the simulation commands)."""
     p.add_argument("--model", default="ani-1x", help="model name or phai model folder (default ani-1x)")
-    p.add_argument("--precision", choices=["float32", "float64"], default=precision,
+    # dest is not "precision": phai.cli.main would switch JAX to x64 globally for that; the
+    # potential runs float64 inside its own x64 context instead
+    p.add_argument("--precision", dest="model_precision", choices=["float32", "float64"], default=precision,
                    help=f"arithmetic of the potential (default {precision})")
     p.add_argument("--frame", type=int, default=0, help="frame of FILE to use (0-based, default 0; -1 = last)")
 
@@ -41,7 +43,7 @@ def one_frame(path: str, frame: int):
 def load_potential(args):
     import phai
 
-    return phai.load(args.model, precision=args.precision)
+    return phai.load(args.model, precision=args.model_precision)
 
 
 def write_atomic(path, atoms_list, **kw) -> None:
@@ -86,7 +88,7 @@ def run(args) -> int:
     final.info.update({"energy_eV": res.energy, "fmax_eV_per_A": res.fmax, "converged": res.converged,
                        "model": args.model})
     write_atomic(out, [final])
-    print(f"structure        {final.get_chemical_formula()} ({len(final)} atoms), {args.model} {args.precision}")
+    print(f"structure        {final.get_chemical_formula()} ({len(final)} atoms), {args.model} {args.model_precision}")
     print(f"initial energy   {res.initial_energy:.6f} eV")
     print(f"final energy     {res.energy:.6f} eV  ({res.energy - res.initial_energy:+.6f} eV)")
     print(f"max force        {res.fmax:.5f} eV/Å (fmax {args.fmax:g})")

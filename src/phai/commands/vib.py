@@ -57,7 +57,7 @@ def run(args) -> int:
                           "frequencies_cm1": vib.frequencies.tolist(), "zpe_eV": vib.zpe,
                           "linear": vib.linear, "num_imaginary": vib.num_imaginary}))
         return 0
-    print(f"structure        {atoms.get_chemical_formula()} ({len(atoms)} atoms), {args.model} {args.precision}")
+    print(f"structure        {atoms.get_chemical_formula()} ({len(atoms)} atoms), {args.model} {args.model_precision}")
     print(f"energy           {r.energy:.6f} eV, max force {fmax:.5f} eV/Å")
     print(f"modes            {len(vib.frequencies)} ({'linear' if vib.linear else 'nonlinear'}; "
           f"translations and rotations projected out), {vib.num_imaginary} imaginary")
