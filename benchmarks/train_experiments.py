@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Training experiments on the labelled CHNO set (issue 3): learning curve and transfer learning.
+
+(a) ANI-architecture ensembles (ANI-1x widths and AEV) trained from scratch on the
+    wB97X/6-31G(d) energies and forces (and, as a larger complete set, the GFN2-xTB labels
+    of the same geometries); held-out energy and force errors (kcal/mol, kcal/mol/Å) of the
+    test molecules (held out whole) against the number of training conformations.
+(b) Transfer: from pretrained ANI-1x, fine-tune on the CCSD(T) energies with layers 0 and 2
+    frozen (the ANI-1ccx recipe, SAE refitted); Δ-learning: a small ensemble trained on
+    E_CCSD(T) - E_wB97X, added to ANI-1x; compared with ANI-1x and pretrained ANI-1ccx on the
+    held-out molecules: relative conformer energies (each molecule's mean removed; molecules
+    with >= 2 labelled conformations) and total energies after a per-element linear offset
+    fitted on the training molecules (removes each model's constant level-of-theory and
+    basis-set shift; the CC labels are CCSD(T)/cc-pVDZ, not ANI-1ccx's CCSD(T)*/CBS).
+
+Usage: python benchmarks/train_experiments.py [--data FILE.h5] [--out DIR] [--quick]
+Prints JSON lines and a summary table; writes DIR/results.json and the learning-curve PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+TEST_MOLECULES = ("hydroxylamine", "dimethyl_ether", "propene", "methyl_formate")
+DEFAULT_DATA = [HERE.parent / "tests/data/chno_labels/chno_labels.h5", Path("/tmp/phai_coord/chno_labels_partial.h5")]
+
+
+def read(path, energy_key, forces_key=None, properties=()):
+    import warnings
+
+    from phai.data import read_ani_h5
+    from phai.train import TrainingSet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropped unlabelled conformations are reported below
+        conf = read_ani_h5(path, energy_key, forces_key, properties=properties)
+    ts = TrainingSet.from_conformations(conf)
+    ts.groups = np.asarray([str(g) for g in ts.groups])
+    extra = {k: np.concatenate([np.asarray(g.properties[k], np.float64) for g in conf.groups]) for k in properties}
+    return ts, extra
+
+
+def split(ts):
+    test = np.isin(ts.groups, TEST_MOLECULES)
+    return ts.subset(np.nonzero(~test)[0]), ts.subset(np.nonzero(test)[0])
+
+
+def force_errors(pot, ts):
+    res = pot.evaluate(list(zip(ts.numbers, ts.positions)))
+    e = np.array([r.energy for r in res])
+    if ts.forces is None:
+        return e, None
+    from phai.units import EV_TO_KCALMOL
+
+    d = np.concatenate([(r.forces - f).ravel() for r, f in zip(res, ts.forces)]) * EV_TO_KCALMOL
+    return e, {"force_rmse": float(np.sqrt(np.mean(d * d))), "force_mae": float(np.mean(np.abs(d)))}
+
+
+def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out):
+    from phai.train import TrainConfig, Trainer, error_metrics
+
+    ts, _ = read(path, energy_key, forces_key)
+    train, test = split(ts)
+    rows = []
+    for frac in fractions:
+        rng = np.random.default_rng(0)
+        n = max(4, round(frac * len(train)))
+        sub = train.subset(np.sort(rng.permutation(len(train))[:n]))
+        cfg = TrainConfig(members=members, epochs=epochs, batch_size=32, lr=1e-3, plateau_patience=10,
+                          early_stopping=40, progress=False, plot=False, valid_fraction=0.15, seed=0,
+                          force_weight=0.1)
+        t = time.perf_counter()
+        tr = Trainer(cfg, sub)
+        res = tr.fit()
+        pot = tr.potential()
+        e, f = force_errors(pot, test)
+        row = {"labels": energy_key.split(".")[0], "train_conformations": len(tr.train_set),
+               "valid_conformations": len(tr.valid_set), "test_conformations": len(test),
+               "epochs": len(res.history), "seconds": round(time.perf_counter() - t, 1),
+               **{f"energy_{k}": v for k, v in error_metrics(e, test.energies).items()}, **(f or {})}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def offset_errors(pred_train, ref_train, train, pred_test, ref_test, test, species=("H", "C", "N", "O")):
+    """Total-energy errors after a per-element linear offset fitted on the training molecules."""
+    from phai.train import error_metrics, fit_self_energies
+    from phai.train.sae import element_counts
+
+    shift = fit_self_energies(train.numbers, np.asarray(ref_train) - np.asarray(pred_train), species)
+    corr = element_counts(test.numbers, species) @ shift
+    return error_metrics(np.asarray(pred_test) + corr, ref_test)
+
+
+def transfer(path, members_delta, epochs, out):
+    import phai
+    from phai.train import (
+        DeltaPotential,
+        TrainConfig,
+        Trainer,
+        TrainingSet,
+        relative_energy_metrics,
+    )
+    from phai.units import HARTREE_TO_EV
+
+    cc, extra = read(path, "ccsd(t)_dz.energy", None, properties=("wb97x_dz.energy",))
+    train, test = split(cc)
+    print(f"CCSD(T) labels: {len(train)} training, {len(test)} held-out conformations "
+          f"({len(set(test.groups))} molecules)", flush=True)
+    low = extra["wb97x_dz.energy"] * HARTREE_TO_EV
+    both = np.isfinite(low)
+    dtrain_idx = np.nonzero(~np.isin(cc.groups, TEST_MOLECULES) & both)[0]
+    models = {"ANI-1x": phai.load("ani-1x"), "ANI-1ccx": phai.load("ani-1ccx")}
+    ft = TrainConfig(init="ani-1x", members=8, freeze_layers=(0, 2), epochs=epochs, batch_size=16, lr=1e-3,
+                     plateau_patience=10, early_stopping=40, progress=False, plot=False, valid_fraction=0.2,
+                     use_forces=False, seed=0)
+    tr = Trainer(ft, train)
+    tr.fit()
+    models["ANI-1x fine-tuned (freeze 0,2)"] = tr.potential()
+    if len(dtrain_idx) >= 4:
+        d = cc.subset(dtrain_idx)
+        dset = TrainingSet(d.numbers, d.positions, d.energies - low[dtrain_idx], None, d.groups)
+        dc = TrainConfig(members=members_delta, hidden={s: (32, 16) for s in "HCNO"}, epochs=epochs, batch_size=16,
+                         lr=1e-3, plateau_patience=10, early_stopping=40, progress=False, plot=False,
+                         valid_fraction=0.2, use_forces=False, seed=0)
+        dt = Trainer(dc, dset)
+        dt.fit()
+        models["ANI-1x + Δ (CC - wB97X)"] = DeltaPotential(models["ANI-1x"], dt.potential())
+    rows = []
+    for name, pot in models.items():
+        ptr = [r.energy for r in pot.evaluate(list(zip(train.numbers, train.positions)), forces=False)]
+        pte = [r.energy for r in pot.evaluate(list(zip(test.numbers, test.positions)), forces=False)]
+        rel = relative_energy_metrics(pte, test.energies, test.groups)
+        absolute = offset_errors(ptr, train.energies, train, pte, test.energies, test)
+        row = {"model": name, "relative_mae": rel["mae"], "relative_rmse": rel["rmse"], "relative_n": rel["n"],
+               "offset_energy_mae": absolute["mae"], "offset_energy_rmse": absolute["rmse"],
+               "train_conformations": len(train), "test_conformations": len(test)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default="/tmp/phai_train_experiments")
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: wb97x,gfn2,transfer")
+    args = ap.parse_args()
+    path = Path(args.data) if args.data else next(p for p in DEFAULT_DATA if p.is_file())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"data: {path}", flush=True)
+    skip = set(args.skip.split(","))
+    results = {"data": str(path)}
+    if "wb97x" not in skip:
+        results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
+                                                args.epochs, (0.25, 0.5, 1.0), out)
+    if "gfn2" not in skip:
+        results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
+                                               (0.25, 0.5, 1.0), out)
+    if "transfer" not in skip:
+        results["transfer"] = transfer(path, args.members, args.epochs, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    curves = [results[k] for k in ("curve_wb97x", "curve_gfn2") if k in results]
+    if curves:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for rows in curves:
+            n = [r["train_conformations"] for r in rows]
+            ax.loglog(n, [r["energy_rmse"] for r in rows], "o-", label=f"{rows[0]['labels']} energy")
+            if "force_rmse" in rows[0]:
+                ax.loglog(n, [r["force_rmse"] for r in rows], "s--", label=f"{rows[0]['labels']} force")
+        ax.set_xlabel("training conformations")
+        ax.set_ylabel("held-out RMSE (kcal/mol, kcal/mol/Å)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "learning_curve.png", dpi=100)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
