@@ -304,3 +304,48 @@ def load(folder) -> TrainedMLEHM:
     keys = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
     params = jax.tree_util.tree_unflatten(treedef, [np.asarray(arrays[k], np.float64) for k in keys])
     return TrainedMLEHM(model, params, config.get("info"))
+
+
+# --------------------------------------------------------------------------- the bundled data set
+
+DATASET = Path(__file__).resolve().parents[1] / "data" / "ehm" / "ehm_dft.npz"
+"""phai's DFT orbital-energy data set (``scripts/make_ehm_dataset.py``; RECIPE.md beside it)."""
+
+
+class EHMDataset(NamedTuple):
+    """The data set as padded model inputs plus metadata (host NumPy).
+
+    Attributes: ``batch`` = (numbers, positions, system) for :func:`batch_apply`;
+    ``targets`` aligned to the EHM orbital slots (:func:`align_targets`); ``molecule`` names
+    ``[B]``; ``dihedral [B]`` degrees (NaN if none); ``distortion [B]`` (-1 = undistorted);
+    ``test [B]`` bool; ``raw``: the npz arrays.
+    """
+
+    batch: tuple
+    targets: OrbitalTargets
+    molecule: np.ndarray
+    dihedral: np.ndarray
+    distortion: np.ndarray
+    test: np.ndarray
+    raw: dict
+
+
+def load_dataset(path=DATASET, *, n_virtual: int = 2) -> EHMDataset:
+    """Read the npz and build padded inputs and index-aligned targets (valence occupied +
+    ``n_virtual`` lowest virtuals)."""
+    with np.load(path, allow_pickle=False) as f:
+        raw = {k: f[k] for k in f.files}
+    n_at = raw["n_atoms"].astype(int)
+    numbers = [raw["numbers"][b, :n_at[b]].astype(np.int32) for b in range(len(n_at))]
+    positions = [raw["positions"][b, :n_at[b]] for b in range(len(n_at))]
+    batch = make_batch(numbers, positions)
+    homo = np.asarray(batch[2].n_electrons) // 2 - 1
+    targets = align_targets(raw["occupied"], raw["n_occupied"], raw["virtual"], homo,
+                            batch[2].alpha.shape[1], n_virtual=n_virtual)
+    names = raw["molecule_names"][raw["molecule"]]
+    return EHMDataset(batch, targets, names, raw["dihedral"], raw["distortion"], raw["test"], raw)
+
+
+def subset(batch, index):
+    """Rows ``index`` of a padded batch (numbers, positions, system)."""
+    return jax.tree.map(lambda x: np.asarray(x)[index], batch)
