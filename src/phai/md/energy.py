@@ -24,6 +24,7 @@ eV is wrapped by :func:`energy_from_lists` builders below.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -33,7 +34,7 @@ from jax_md import dataclasses as jmd_dataclasses
 from jax_md import partition
 
 from ..errors import InputError
-from ..geometry import pairs_from_dense, triples_from_dense
+from ..geometry import neighbor_vectors, pair_vectors, triples_from_dense
 from ..geometry.cell import box_matrix, check_cell, wrap_positions
 from ..models.ani import ani_member_energies
 from ..units import HARTREE_TO_EV
@@ -170,19 +171,28 @@ def ani_energy(potential, displacement_fn, numbers, *, box=None, fractional_coor
 
 @jmd_dataclasses.dataclass
 class ANINeighborList:
-    """Two jax-md Dense neighbor lists: radial (``Rcr`` + skin) and angular (``Rca`` + skin).
+    """A jax-md Dense radial list plus the flat pair and triple lists derived from it.
 
-    A pytree: carry it through ``jit`` and ``lax.scan``. ``did_buffer_overflow`` is a
-    traced bool; when it is True the energies computed with this list may be wrong and
-    the list must be re-allocated (:func:`safe_update`, :func:`run_chunked`).
+    A pytree: carry it through ``jit`` and ``lax.scan``. At every update the radial list
+    (``Rcr`` + skin, jax-md's cell list) is refreshed, and from it, at the same positions,
+    the unordered pairs ``[2, P]`` (``i < j``) and the angular triples ``[3, T]`` (both
+    neighbors within ``Rca`` + skin) are compacted into flat arrays of fixed capacity,
+    so the energy does no work on empty slots. ``did_buffer_overflow`` (a traced bool,
+    sticky) is True when any of the three capacities was exceeded; energies computed with
+    such a list may be wrong and it must be re-allocated (:func:`safe_update`,
+    :func:`run_chunked`).
     """
 
     radial: partition.NeighborList
-    angular: partition.NeighborList
+    pairs: jnp.ndarray
+    triples: jnp.ndarray
+    overflow: jnp.ndarray
+    angular_capacity: int = jmd_dataclasses.static_field()
+    exact_capacity: int = jmd_dataclasses.static_field()
 
     @property
     def did_buffer_overflow(self):
-        return self.radial.did_buffer_overflow | self.angular.did_buffer_overflow
+        return self.radial.did_buffer_overflow | self.overflow
 
     @property
     def idx(self):
@@ -190,29 +200,116 @@ class ANINeighborList:
         return self.radial.idx
 
     @property
-    def capacities(self) -> tuple[int, int]:
-        """Neighbor slots per atom ``(radial, angular)``."""
-        return int(self.radial.idx.shape[1]), int(self.angular.idx.shape[1])
+    def capacities(self) -> dict:
+        """Capacities: radial slots per atom, angular slots per atom, pairs, triples."""
+        return {"radial_per_atom": int(self.radial.idx.shape[1]), "angular_per_atom": self.angular_capacity,
+                "pairs": int(self.pairs.shape[1]), "triples": int(self.triples.shape[1]),
+                "exact_triples": self.exact_capacity}
+
+
+def _compact(keep, columns, fill, size: int):
+    """Rows of ``columns`` (each ``[M]``) where ``keep [M]``, packed into ``size`` slots
+    (padding ``fill``); returns ``([len(columns), size], count)``."""
+    m = keep.shape[0]
+    sel = jnp.nonzero(keep, size=size, fill_value=m)[0]
+    out = [jnp.concatenate([c, jnp.full((1,), fill, c.dtype)])[sel] for c in columns]
+    return jnp.stack(out), jnp.sum(keep)
+
+
+def _exact_triples(R, triples, displacement_fn, cutoff: float, capacity: int):
+    """The triples whose two neighbors are both within ``cutoff`` at ``R``, compacted into
+    ``capacity`` slots; returns ``(triples [3, capacity], count)``."""
+    n = R.shape[0]
+    _, dj, ok = pair_vectors(R, triples[0], triples[1], displacement_fn)
+    _, dk, _ = pair_vectors(R, triples[0], triples[2], displacement_fn)
+    return _compact(ok & (dj <= cutoff) & (dk <= cutoff), tuple(triples), n, capacity)
+
+
+def _flat_lists(R, idx, displacement_fn, angular_cutoff: float, angular_capacity: int, pair_capacity: int,
+                triple_capacity: int, exact_cutoff: float = 0.0, exact_capacity: int = 1):
+    """Flat pairs and triples (and overflow flag, counts) from a Dense radial list."""
+    n, k = idx.shape
+    _, d, valid = neighbor_vectors(R, idx, displacement_fn)
+    row = jnp.broadcast_to(jnp.arange(n, dtype=idx.dtype)[:, None], (n, k))
+    pairs, n_pairs = _compact((valid & (row < idx)).reshape(-1), (row.reshape(-1), idx.reshape(-1)), n,
+                              pair_capacity)
+    close = valid & (d <= angular_cutoff)
+    per_atom = jnp.sum(close, axis=1)
+    order = jnp.argsort(jnp.logical_not(close), axis=1, stable=True)[:, :angular_capacity]
+    ang = jnp.where(jnp.take_along_axis(close, order, axis=1), jnp.take_along_axis(idx, order, axis=1), n)
+    cand = triples_from_dense(ang)
+    triples, n_triples = _compact(cand[0] < n, tuple(cand), n, triple_capacity)
+    _, n_exact = _exact_triples(R, triples, displacement_fn, exact_cutoff, exact_capacity)
+    overflow = ((n_pairs > pair_capacity) | (jnp.max(per_atom) > angular_capacity) | (n_triples > triple_capacity)
+                | (n_exact > exact_capacity))
+    return pairs, triples, overflow, (n_pairs, jnp.max(per_atom), n_triples, n_exact)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _counts(R, idx, displacement_fn, angular_cutoff: float):
+    """Pairs (``i < j``), largest angular neighbor count and candidate triples of a list."""
+    n = idx.shape[0]
+    _, d, valid = neighbor_vectors(R, idx, displacement_fn)
+    row = jnp.arange(n, dtype=idx.dtype)[:, None]
+    per_atom = jnp.sum(valid & (d <= angular_cutoff), axis=1)
+    return jnp.sum(valid & (row < idx)), jnp.max(per_atom), jnp.sum(per_atom * (per_atom - 1) // 2)
 
 
 @jmd_dataclasses.dataclass
 class ANINeighborListFns:
     """``allocate(R, extra_capacity=0)`` (host, not jittable) and ``update(R, nbrs)`` (jittable),
-    like jax-md's ``NeighborListFns``. Periodic positions are wrapped into the cell first."""
+    like jax-md's ``NeighborListFns``. Periodic positions are wrapped into the cell first
+    (for the cell list; energies use minimum-image displacements and do not change)."""
 
     radial_fn: partition.NeighborListFns = jmd_dataclasses.static_field()
-    angular_fn: partition.NeighborListFns = jmd_dataclasses.static_field()
+    displacement_fn: Callable = jmd_dataclasses.static_field()
     wrap: Callable = jmd_dataclasses.static_field()
+    angular_cutoff: float = jmd_dataclasses.static_field()
+    skin: float = jmd_dataclasses.static_field()
+    capacity_multiplier: float = jmd_dataclasses.static_field()
 
     def allocate(self, R, extra_capacity: int = 0, **kwargs) -> ANINeighborList:
-        R = self.wrap(jnp.asarray(R))
-        return ANINeighborList(self.radial_fn.allocate(R, extra_capacity, **kwargs),
-                               self.angular_fn.allocate(R, extra_capacity, **kwargs))
+        """A new list sized for ``R``: each capacity is the count at ``R`` times the
+        capacity multiplier, plus ``extra_capacity`` slots per atom (host only)."""
+        R = jnp.asarray(R)
+        Rw = self.wrap(R)
+        radial = self.radial_fn.allocate(Rw, extra_capacity, **kwargs)
+        disp = _bind(self.displacement_fn, kwargs)
+        k = radial.idx.shape[1]
+        cut = self.angular_cutoff + self.skin
+        mult = self.capacity_multiplier
+        flat = 1.0 + 0.5 * (mult - 1.0)  # totals over many atoms fluctuate less than per-atom counts
+        n_p, per_atom, n_t = (int(x) for x in _counts(R, radial.idx, disp, cut))
+        _, _, n_e = (int(x) for x in _counts(R, radial.idx, disp, self.angular_cutoff))
+        ka = max(2, min(k, int(np.ceil(per_atom * mult)) + extra_capacity))
+        p_cap = max(8, int(np.ceil(n_p * flat)) + 8 * extra_capacity)
+        t_cap = max(8, int(np.ceil(n_t * flat)) + 64 * extra_capacity + 64)
+        e_cap = max(8, int(np.ceil(n_e * flat)) + 64 * extra_capacity + 64)
+        pairs, triples, overflow, _ = jax.jit(_flat_lists, static_argnums=(2, 3, 4, 5, 6, 7, 8))(
+            R, radial.idx, disp, cut, ka, p_cap, t_cap, self.angular_cutoff, e_cap)
+        return ANINeighborList(radial, pairs, triples, overflow, ka, e_cap)
 
     def update(self, R, nbrs: ANINeighborList, **kwargs) -> ANINeighborList:
-        R = self.wrap(R)
-        return ANINeighborList(self.radial_fn.update(R, nbrs.radial, **kwargs),
-                               self.angular_fn.update(R, nbrs.angular, **kwargs))
+        """The list for new positions ``R`` (jittable); ``did_buffer_overflow`` is sticky."""
+        disp = _bind(self.displacement_fn, kwargs)
+        radial = self.radial_fn.update(self.wrap(R), nbrs.radial, **kwargs)
+        rebuilt = jnp.any(radial.reference_position != nbrs.radial.reference_position)
+
+        def rebuild(_):
+            pairs, triples, overflow, _ = _flat_lists(
+                R, radial.idx, disp, self.angular_cutoff + self.skin, nbrs.angular_capacity,
+                nbrs.pairs.shape[1], nbrs.triples.shape[1], self.angular_cutoff, nbrs.exact_capacity)
+            return pairs, triples, overflow
+
+        def keep(_):
+            _, n_exact = _exact_triples(R, nbrs.triples, disp, self.angular_cutoff, nbrs.exact_capacity)
+            return nbrs.pairs, nbrs.triples, n_exact > nbrs.exact_capacity
+
+        # the flat lists follow the radial list (rebuilt only when an atom moved > skin / 2);
+        # the count of triples within Rca is checked at every update
+        pairs, triples, overflow = jax.lax.cond(rebuilt, rebuild, keep, None)
+        return ANINeighborList(radial, pairs, triples, nbrs.overflow | overflow, nbrs.angular_capacity,
+                               nbrs.exact_capacity)
 
 
 def ani_neighbor_list(potential, displacement_fn, box, numbers, *, fractional_coordinates: bool = False,
@@ -232,36 +329,44 @@ def ani_neighbor_list(potential, displacement_fn, box, numbers, *, fractional_co
         triclinic cells; with Cartesian triclinic positions jax-md falls back to an
         ``A^2`` candidate search).
       dr_threshold: skin (Å): lists are rebuilt when an atom moved more than half of it.
-      capacity_multiplier: spare neighbor slots at allocation.
+      capacity_multiplier: spare room in every capacity at allocation.
       disable_cell_list: passed to jax-md.
 
     Returns:
       ``(neighbor_fn, energy_fn)``: ``neighbor_fn.allocate(R)`` / ``neighbor_fn.update(R,
       nbrs)`` give an :class:`ANINeighborList`; ``energy_fn(R, neighbor, **kwargs) -> eV``.
-      Check ``nbrs.did_buffer_overflow`` after updates (:func:`safe_update`).
+      Update the list after every step (it only rebuilds when atoms moved more than half
+      the skin) and check ``nbrs.did_buffer_overflow`` (:func:`safe_update`,
+      :func:`run_chunked`).
     """
     aevp = potential.config.aev
     periodic = _is_periodic(displacement_fn, box, fractional_coordinates)
     if periodic:
         check_cell(box, aevp.Rcr, model=potential.name)
     core = ani_energy_from_lists(potential, numbers)
-    common = {"dr_threshold": dr_threshold, "capacity_multiplier": capacity_multiplier,
-                  "disable_cell_list": disable_cell_list, "fractional_coordinates": fractional_coordinates,
-                  "format": partition.Dense}
-    radial_fn = partition.neighbor_list(displacement_fn, box, aevp.Rcr, **common)
-    angular_fn = partition.neighbor_list(displacement_fn, box, aevp.Rca, **common)
+    radial_fn = partition.neighbor_list(displacement_fn, box, aevp.Rcr, dr_threshold=dr_threshold,
+                                        capacity_multiplier=capacity_multiplier,
+                                        disable_cell_list=disable_cell_list,
+                                        fractional_coordinates=fractional_coordinates, format=partition.Dense)
     if periodic:
-        wrap = lambda R: wrap_positions(R, box, fractional_coordinates)
+        wrap = functools.partial(wrap_positions, box=box, fractional_coordinates=fractional_coordinates)
     else:
-        wrap = lambda R: R
-    fns = ANINeighborListFns(radial_fn, angular_fn, wrap)
+        wrap = _identity
+    fns = ANINeighborListFns(radial_fn, displacement_fn, wrap, float(aevp.Rca), float(dr_threshold),
+                             float(capacity_multiplier))
 
     def energy_fn(R, neighbor: ANINeighborList, **kwargs):
-        pairs = pairs_from_dense(neighbor.radial.idx)
-        triples = triples_from_dense(neighbor.angular.idx)
-        return core(R, pairs, triples, _bind(displacement_fn, kwargs))
+        disp = _bind(displacement_fn, kwargs)
+        triples, count = _exact_triples(R, neighbor.triples, disp, float(aevp.Rca), neighbor.exact_capacity)
+        e = core(R, neighbor.pairs, triples, disp)
+        # more triples within Rca than the list holds: a loud NaN, never a silently wrong energy
+        return jnp.where(count > neighbor.exact_capacity, jnp.nan, e)
 
     return fns, energy_fn
+
+
+def _identity(R):
+    return R
 
 
 # --------------------------------------------------------------------------- overflow
