@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ..md.scan import plot_scan, relaxed_scan, scan_angles
 

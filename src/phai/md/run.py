@@ -298,7 +298,7 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
     """
     import jax
     import jax.numpy as jnp
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from ..structures import validate_structure
     from .optimize import resolve_potential
