@@ -50,7 +50,7 @@ from ..batching import pack
 from ..errors import InputError
 from ..models.ani import ani_member_energies
 from ..structures import SYMBOLS
-from ..units import HARTREE_TO_KCALMOL
+from ..units import EV_TO_HARTREE, HARTREE_TO_KCALMOL
 from . import checkpoint as ckpt
 from .batches import (
     ShapePolicy,
@@ -78,6 +78,11 @@ class TrainConfig:
       freeze_biases: freeze the biases of those layers too (default True: a frozen layer
         is the whole affine map; NeuroChem's choice is not documented).
       refit_sae: fit the self energies to the training energies (always for a new model).
+        For a new model: ``E ~ counts . SAE`` by least squares. Starting from ``init``: the
+        same regression on the residual ``E - NN_start(x)`` of the starting networks, i.e.
+        new SAE = the linear per-element shift that best maps the start onto the new level
+        of theory (ANI-1ccx refitted its SAE to the CC data; fitting the residual keeps the
+        starting networks' predictions meaningful on small data sets).
       epochs, batch_size, seed: as usual; batches hold ``batch_size`` conformations.
       lr, optimizer (``"adamw"`` or ``"adam"``), weight_decay (AdamW's decoupled decay).
       schedule: ``"plateau"`` (×``plateau_factor`` after ``plateau_patience`` stale epochs),
@@ -287,8 +292,11 @@ class Trainer:
         valid.validate(supported, config.name)
         self.train_set, self.valid_set = train, valid
         self.use_forces = bool(config.use_forces and train.forces is not None and valid.forces is not None)
-        if sae is None or config.refit_sae:
-            sae = fit_self_energies(train.numbers, train.energies, spec.aev.species) / 27.211386024367243
+        if sae is None:
+            sae = fit_self_energies(train.numbers, train.energies, spec.aev.species) * EV_TO_HARTREE
+        elif config.refit_sae:
+            nn = self._network_energies(params, spec, train)  # eV, no self energies
+            sae = fit_self_energies(train.numbers, train.energies - nn, spec.aev.species) * EV_TO_HARTREE
         self.sae = np.asarray(sae, np.float64)
         self.species_of_z = species_lookup(spec.aev.species)
         self.tx = make_optimizer(config, params)
@@ -314,6 +322,15 @@ class Trainer:
         self.compilations = 0
         if self.out_dir is not None and (self.out_dir / "checkpoint" / "config.json").is_file():
             self.restore(self.out_dir / "checkpoint")
+
+    @staticmethod
+    def _network_energies(params, spec: ModelSpec, ts: TrainingSet) -> np.ndarray:
+        """``[C]`` ensemble-mean network energies (eV, self energies excluded) of ``ts``."""
+        from ..potential import ANIConfig, ANIPotential
+
+        cfg = ANIConfig(spec.name, "", spec.aev, spec.activations, spec.members)
+        pot = ANIPotential(params, np.zeros(len(spec.aev.species)), cfg)
+        return np.array([r.energy for r in pot.evaluate(list(zip(ts.numbers, ts.positions)), forces=False)])
 
     # ------------------------------------------------------------------ data
     def _fingerprint(self) -> str:
