@@ -32,7 +32,7 @@ from .errors import PhaiError
 BUNDLED = Path(__file__).parent / "data" / "molecules"
 
 # Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
-COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.data",
+COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.cdft", "phai.commands.data",
                              "phai.commands.label", "phai.commands.optimize", "phai.commands.vib",
                              "phai.commands.scan", "phai.commands.md")
 
@@ -68,18 +68,36 @@ def _potential(model: str, precision: str):
 def cmd_energy(args) -> int:
     pot = _potential(args.model, args.precision)
     frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(read_frames(f))]
+    charge = getattr(args, "charge", None)
+    structs = [atoms if charge is None else (atoms.get_atomic_numbers(), atoms.get_positions(), charge)
+               for _, _, atoms in frames]
+    extra = {}
+    if getattr(pot, "charge_aware", False):
+        extra["multiplicity"] = getattr(args, "multiplicity", None)
+    elif getattr(args, "multiplicity", None) is not None:
+        raise CLIError(f"--multiplicity needs a charge-aware model such as aimnet2-wb97m-d3; {args.model} "
+                       f"is trained on neutral closed-shell molecules")
     # one call in padded batches (few compilations); an error names the file and frame
-    results = pot.evaluate([atoms for _, _, atoms in frames], labels=[f"{f} frame {k}" for f, k, _ in frames])
+    results = pot.evaluate(structs, labels=[f"{f} frame {k}" for f, k, _ in frames], **extra)
     if args.json:
         for (f, k, _), res in zip(frames, results):
-            print(json.dumps({"file": f, "frame": k, "energy": res.energy,
-                              "forces": np.asarray(res.forces).tolist(), "energy_std": res.energy_std}))
+            obj = {"file": f, "frame": k, "energy": res.energy,
+                   "forces": np.asarray(res.forces).tolist(), "energy_std": res.energy_std}
+            if getattr(res, "charges", None) is not None:
+                obj["charges"] = np.asarray(res.charges, dtype=np.float64).tolist()
+            print(json.dumps(obj))
     else:
         rows = [(f, k, len(atoms), atoms.get_chemical_formula(), r.energy, r.energy_std,
                  float(np.max(np.linalg.norm(r.forces, axis=1))))
                 for (f, k, atoms), r in zip(frames, results)]
-        _print_table(["file", "frame", "atoms", "formula", "energy / eV", "std / eV", "max |F| / eV/Å"], rows,
-                     ["{}", "{}", "{}", "{}", "{:.6f}", "{:.4f}", "{:.4f}"])
+        header = ["file", "frame", "atoms", "formula", "energy / eV", "std / eV", "max |F| / eV/Å"]
+        fmts = ["{}", "{}", "{}", "{}", "{:.6f}", "{:.4f}", "{:.4f}"]
+        if results and getattr(results[0], "charges", None) is not None:
+            rows = [row + (float(np.sum(r.charges)), float(np.min(r.charges)), float(np.max(r.charges)))
+                    for row, r in zip(rows, results)]
+            header += ["sum q / e", "min q / e", "max q / e"]
+            fmts += ["{:+.3f}", "{:+.3f}", "{:+.3f}"]
+        _print_table(header, rows, fmts)
     return 0
 
 
@@ -158,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="ani-1x", help="model name or phai model folder (default ani-1x)")
     e.add_argument("--precision", choices=["float32", "float64"], default="float32")
     e.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
+    e.add_argument("--charge", type=float, default=None,
+                   help="total charge (e) of every frame, for charge-aware models (default: the frame's info, else 0)")
+    e.add_argument("--multiplicity", type=int, default=None,
+                   help="2S+1 of every frame, checked against the electron count (charge-aware models)")
     e.set_defaults(func=cmd_energy)
 
     d = sub.add_parser("demo", help="the main job: ANI-1x on a bundled molecule")

