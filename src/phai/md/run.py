@@ -359,7 +359,9 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
         last_atoms = fr
 
     try:
-        with ctx, warnings.catch_warnings():
+        # jax-md's periodic shift broadcasts [A, 3] against the [3] box sides: allow rank
+        # promotion here even when an application (or the test suite) makes it an error
+        with ctx, jax.numpy_rank_promotion("allow"), warnings.catch_warnings():
             # jax-md's Nose-Hoover asks for float64 sums, which float32 runs truncate (harmless)
             warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
             dtype = jnp.float64 if x64 else jnp.float32
