@@ -144,7 +144,7 @@ def cmd_demo(args) -> int:
         from .md.demo import print_summary, simulation_demo
 
         print(f"\nsimulation: L-BFGS optimization, {args.md_steps * 0.5 / 1000:g} ps NVT (Langevin, 300 K, 0.5 fs), "
-              f"0.2 ps NVE")
+              f"then NVE")
         print_summary(simulation_demo(atoms, pot, args.out, md_steps=args.md_steps), args.out)
     return 0
 
