@@ -213,7 +213,9 @@ assert len(sharded["R"].sharding.device_set) == 2
 one = jax.devices()[0]
 single = jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a), one), sharded)
 params, opt = jax.device_get(t.params), jax.device_get(t.opt_state)
-p1, _, a1 = t._step(jax.device_put(params, one), jax.device_put(opt, one), single, nm)
+from phai.train.trainer import make_train_step
+plain = make_train_step(t.spec, t.tx, force_weight=0.1, use_forces=False, l2={{}})  # no mesh, one device
+p1, _, a1 = plain(jax.device_put(params, one), jax.device_put(opt, one), single, nm)
 p2, _, a2 = t._step(t._replicate(params), t._replicate(opt), sharded, nm)
 assert len(p2["C"][0]["W"].sharding.device_set) == 2  # weights replicated on both devices
 # the same sums split over two devices: float32 rounding only

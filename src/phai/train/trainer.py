@@ -229,8 +229,11 @@ def make_loss_fn(spec: ModelSpec, *, force_weight: float, use_forces: bool, l2: 
     return loss
 
 
-def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, **loss_kw):
-    """The jitted update ``step(params, opt_state, batch, num_molecules) -> (params, opt_state, aux)``."""
+def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, out_shardings=None, **loss_kw):
+    """The jitted update ``step(params, opt_state, batch, num_molecules) -> (params, opt_state, aux)``.
+
+    ``out_shardings``: with a mesh, the replicated sharding, so that outputs come back with
+    the shardings of the inputs (no recompilation on the next call)."""
     loss = make_loss_fn(spec, **loss_kw)
 
     def step(params, opt_state, batch, num_molecules):
@@ -238,7 +241,9 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, **loss_kw
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, aux
 
-    return jax.jit(step, static_argnames="num_molecules", donate_argnums=(0, 1))
+    if out_shardings is None:
+        return jax.jit(step, static_argnames="num_molecules", donate_argnums=(0, 1))
+    return jax.jit(step, static_argnames="num_molecules", donate_argnums=(0, 1), out_shardings=out_shardings)
 
 
 @dataclasses.dataclass
@@ -317,7 +322,12 @@ class Trainer:
             self._mesh = Mesh(np.array(devices[:config.num_devices]), ("data",))
         self._set_lr(config.lr)  # a strongly typed rate from the start: no recompilation when it changes
         loss_kw = {"force_weight": config.force_weight, "use_forces": self.use_forces, "l2": config.l2}
-        self._step = make_train_step(spec, self.tx, **loss_kw)
+        rep = None
+        if self._mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            rep = NamedSharding(self._mesh, PartitionSpec())
+        self._step = make_train_step(spec, self.tx, out_shardings=rep, **loss_kw)
         self._eval = jax.jit(make_loss_fn(spec, **{**loss_kw, "l2": {}}), static_argnames="num_molecules")
         self.compilations = 0
         if self.out_dir is not None and (self.out_dir / "checkpoint" / "config.json").is_file():
@@ -350,7 +360,7 @@ class Trainer:
 
     def warm_up(self, max_batches: int = 64) -> None:
         """Fix the padded shapes before the first step: pack (on the host only) up to
-        ``max_batches`` batches of epoch 0 and of the validation set and keep the largest
+        ``max_batches`` batches of the first epochs and of the validation set and keep the largest
         needs, so that the train and evaluation steps compile once each."""
         def scan(ts, batches, policy):
             for index in batches[:max_batches]:
@@ -360,8 +370,9 @@ class Trainer:
                              radial_cutoff=self.spec.aev.Rcr, angular_cutoff=self.spec.aev.Rca)
                     policy.grow([needs(p)])
 
-        if not self.policy.state:
-            scan(self.train_set, self.epoch_order(0), self.policy)
+        if not self.policy.state:  # batches of the first epochs (random compositions), at most max_batches
+            batches = [b for e in range(min(self.config.epochs, 4)) for b in self.epoch_order(e)]
+            scan(self.train_set, batches, self.policy)
         if not self.eval_policy.state:
             bs = self.config.batch_size
             scan(self.valid_set, [np.arange(k, min(k + bs, len(self.valid_set))) for k in range(0, len(self.valid_set), bs)],
