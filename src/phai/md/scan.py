@@ -120,6 +120,8 @@ def relaxed_scan(atoms, dihedral, angles, potential="ani-1x", *, fmax: float = D
     """
     from ase.constraints import FixInternals
 
+    if any(atoms.pbc):
+        raise InputError("torsion scans are implemented for molecules (pbc all False)")
     a, b, c, d = check_dihedral(atoms, dihedral)
     angles = np.asarray(angles, dtype=np.float64)
     if angles.ndim != 1 or len(angles) == 0:

@@ -149,6 +149,9 @@ def vibrations(atoms, potential="ani-1x", *, precision: str | None = "float64") 
     """
     from .optimize import resolve_potential
 
+    if any(atoms.pbc):
+        raise InputError("vibrational analysis is implemented for molecules (pbc all False): the "
+                         "rigid-body projection and the Hessian ignore periodic images")
     pot = resolve_potential(potential, precision)
     charge = atoms.info.get("charge", 0)
     h = pot.hessian(atoms.get_atomic_numbers(), atoms.get_positions(), charge=charge)
