@@ -332,6 +332,11 @@ def test_cli_label_xyz_and_export(tmp_path, capsys):
     assert len(read_ani_h5(tmp_path / "o.h5", "gfn2.energy", "gfn2.forces")) == 3
     assert main(["label", "--xyz", str(xyz), "--method", "wb97x", "--out", str(store)]) == 2
     assert "METHOD/BASIS" in capsys.readouterr().err
+    smi = tmp_path / "m.smi"
+    smi.write_text("CO methanol\n")
+    assert main(["label", "--smiles", str(smi), "--method", "gfn2-xtb", "--out", str(store),
+                 "--multiplicity", "2"]) == 2
+    assert "cannot have multiplicity 2" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DATASET.is_file(), reason="data set not generated yet")

@@ -54,6 +54,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+from .labellers import check_electrons
 
 K_B_EV: float = 8.617333262e-5
 """Boltzmann constant (eV/K)."""
@@ -269,6 +270,7 @@ def minima(smiles: str, num_embed: int = 3, seed: int = 0, charge: int = 0, mult
     ss = molecule_seed(seed, name or smiles)
     embed_seed = int(ss.generate_state(1)[0])
     numbers, confs = embed(smiles, num_embed=num_embed, seed=embed_seed)
+    check_electrons(numbers, charge, multiplicity)
     out: list[Minimum] = []
     for x in confs:
         x = xtb_minimize(numbers, x, charge, multiplicity)
