@@ -88,7 +88,8 @@ def test_frequencies_agree_with_ase_finite_differences(ethanol_min, pot64, tmp_p
     input crosses zero, so the Hessian is only piecewise smooth; finite differences average
     over these kinks. With ASE's default step (0.01 Å) the O-H stretch comes out 6-13 cm^-1
     off (measured); with 1e-5 Å the finite-difference Hessian agrees with autodiff to ~1e-6
-    eV/Å² (float64 force noise ~1e-12 eV/Å / 1e-5 Å = 1e-7), i.e. far below 0.05 cm^-1.
+    eV/Å² (float64 force noise ~1e-12 eV/Å / 1e-5 Å = 1e-7): frequencies agree to 3e-5 cm^-1
+    (measured); the tolerance, 5e-3 cm^-1, leaves room for other geometries.
     ASE does not project out translations and rotations: its six lowest modes (|f| < 20
     cm^-1 here) are dropped before comparing.
     """
@@ -112,9 +113,9 @@ def test_frequencies_agree_with_ase_finite_differences(ethanol_min, pot64, tmp_p
     finally:
         os.chdir(cwd)
     assert np.all(np.abs(ase_freqs[:6]) < 20.0)
-    np.testing.assert_allclose(ours.frequencies, ase_freqs[6:], rtol=0, atol=0.05)
-    # zero-point energy: ours (3A-6 modes) against ASE's energies of the same modes
-    assert ours.zpe == pytest.approx(0.5 * np.sum(ase_energies[6:]), abs=1e-5)
+    np.testing.assert_allclose(ours.frequencies, ase_freqs[6:], rtol=0, atol=5e-3)  # measured 3e-5 cm^-1
+    # zero-point energy: ours (3A-6 modes) against ASE's energies of the same modes (measured 7e-9 eV)
+    assert ours.zpe == pytest.approx(0.5 * np.sum(ase_energies[6:]), abs=1e-6)
     assert ours.zpe == pytest.approx(vib.get_zero_point_energy(), abs=2e-3)  # ASE adds the rigid modes (< 20 cm^-1)
     # the analysis itself (projection, mass weighting, units) on ASE's own Hessian
     on_fd = harmonic_analysis(h_fd, ethanol_min.positions, ethanol_min.get_masses())
