@@ -56,10 +56,20 @@ class ModelSpec:
                    cfg.get("name", "trained"), cfg.get("description", ""))
 
 
-def init_params(key, aev_length: int, hidden: dict, members: int, species, dtype=np.float32) -> dict:
+OUTPUT_SCALE = 0.01
+"""Initial scale of the output layer's weights relative to ``1/sqrt(fan_in)``."""
+
+
+def init_params(key, aev_length: int, hidden: dict, members: int, species, dtype=np.float32,
+                output_scale: float = OUTPUT_SCALE) -> dict:
     """Fresh weights: ``W ~ N(0, 1/fan_in)`` (TorchANI's training example: Kaiming normal with
     ``a=1``), zero biases, an independent draw per member and element (keys folded from
-    ``key`` by element and layer, then split over members)."""
+    ``key`` by element and layer, then split over members).
+
+    Deliberate difference: the output layer is drawn ``output_scale`` (0.01) times smaller,
+    so a new model starts close to its self energies alone (atomic outputs ~0.01 Hartree
+    instead of ~1 Hartree, i.e. hundreds of kcal/mol of random noise per atom), which
+    matters on small data sets and for Δ models."""
     params = {}
     for si, s in enumerate(species):
         widths = (aev_length, *hidden[s], 1)
@@ -67,6 +77,8 @@ def init_params(key, aev_length: int, hidden: dict, members: int, species, dtype
         for l, (i, o) in enumerate(itertools.pairwise(widths)):
             k = jax.random.fold_in(jax.random.fold_in(key, si), l)
             W = jax.random.normal(k, (members, i, o), dtype) / np.sqrt(i)
+            if l == len(widths) - 2:
+                W = W * output_scale
             layers.append({"W": np.asarray(W, dtype), "b": np.zeros((members, o), dtype)})
         params[s] = layers
     return params
