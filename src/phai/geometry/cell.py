@@ -89,7 +89,7 @@ def wrap_positions(R, box, fractional_coordinates: bool = False):
         return jnp.mod(R, 1.0)
     b = jnp.asarray(box, R.dtype)
     if b.ndim < 2:
-        return jnp.mod(R, b)
+        return jnp.mod(R, jnp.broadcast_to(b, R.shape[-1:])[None, :])
     s = jnp.linalg.solve(b, R.T).T
     return (jnp.mod(s, 1.0)) @ b.T
 
