@@ -65,8 +65,21 @@ def force_errors(pot, ts):
     return e, {"force_rmse": float(np.sqrt(np.mean(d * d))), "force_mae": float(np.mean(np.abs(d)))}
 
 
-def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out):
-    from phai.train import TrainConfig, Trainer, error_metrics
+def shared_policies(path, batch_size):
+    """Padded shapes covering batches of every labelled geometry of the file (all 214 carry
+    GFN2 labels), so that every run of the curves compiles the same programs once (the
+    persistent compilation cache then serves the later runs)."""
+    from phai.train import ShapePolicy, TrainConfig, Trainer
+
+    ts, _ = read(path, "gfn2.energy", "gfn2.forces")
+    cfg = TrainConfig(members=1, hidden={s: (4,) for s in "HCNO"}, epochs=8, batch_size=batch_size, progress=False)
+    tr = Trainer(cfg, ts, valid=ts)
+    tr.warm_up(max_batches=10_000)
+    return ShapePolicy(tr.policy.state), ShapePolicy(tr.policy.state)
+
+
+def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out, policies=None):
+    from phai.train import ShapePolicy, TrainConfig, Trainer, error_metrics
 
     ts, _ = read(path, energy_key, forces_key)
     train, test = split(ts)
@@ -76,10 +89,12 @@ def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out
         n = max(4, round(frac * len(train)))
         sub = train.subset(np.sort(rng.permutation(len(train))[:n]))
         cfg = TrainConfig(members=members, epochs=epochs, batch_size=32, lr=1e-3, plateau_patience=10,
-                          early_stopping=40, progress=False, plot=False, valid_fraction=0.15, seed=0,
+                          early_stopping=30, progress=False, plot=False, valid_fraction=0.15, seed=0,
                           force_weight=0.1)
         t = time.perf_counter()
         tr = Trainer(cfg, sub)
+        if policies is not None:
+            tr.policy, tr.eval_policy = (ShapePolicy(list(p.state)) for p in policies)
         res = tr.fit()
         pot = tr.potential()
         e, f = force_errors(pot, test)
@@ -113,13 +128,15 @@ def transfer(path, members_delta, epochs, out):
     )
     from phai.units import HARTREE_TO_EV
 
-    cc, extra = read(path, "ccsd(t)_dz.energy", None, properties=("wb97x_dz.energy",))
+    cc, _ = read(path, "ccsd(t)_dz.energy")
     train, test = split(cc)
-    print(f"CCSD(T) labels: {len(train)} training, {len(test)} held-out conformations "
-          f"({len(set(test.groups))} molecules)", flush=True)
+    # the Δ model needs both levels on its training geometries (conformations lacking either are dropped)
+    ccw, extra = read(path, "ccsd(t)_dz.energy", None, properties=("wb97x_dz.energy",))
     low = extra["wb97x_dz.energy"] * HARTREE_TO_EV
-    both = np.isfinite(low)
-    dtrain_idx = np.nonzero(~np.isin(cc.groups, TEST_MOLECULES) & both)[0]
+    dtrain_idx = np.nonzero(~np.isin(ccw.groups, TEST_MOLECULES))[0]
+    print(f"CCSD(T) labels: {len(train)} training, {len(test)} held-out conformations "
+          f"({len(set(test.groups))} molecules); {len(dtrain_idx)} training conformations with both levels",
+          flush=True)
     models = {"ANI-1x": phai.load("ani-1x"), "ANI-1ccx": phai.load("ani-1ccx")}
     ft = TrainConfig(init="ani-1x", members=8, freeze_layers=(0, 2), epochs=epochs, batch_size=16, lr=1e-3,
                      plateau_patience=10, early_stopping=40, progress=False, plot=False, valid_fraction=0.2,
@@ -128,7 +145,7 @@ def transfer(path, members_delta, epochs, out):
     tr.fit()
     models["ANI-1x fine-tuned (freeze 0,2)"] = tr.potential()
     if len(dtrain_idx) >= 4:
-        d = cc.subset(dtrain_idx)
+        d = ccw.subset(dtrain_idx)
         dset = TrainingSet(d.numbers, d.positions, d.energies - low[dtrain_idx], None, d.groups)
         dc = TrainConfig(members=members_delta, hidden={s: (32, 16) for s in "HCNO"}, epochs=epochs, batch_size=16,
                          lr=1e-3, plateau_patience=10, early_stopping=40, progress=False, plot=False,
@@ -164,12 +181,13 @@ def main() -> int:
     print(f"data: {path}", flush=True)
     skip = set(args.skip.split(","))
     results = {"data": str(path)}
-    if "wb97x" not in skip:
-        results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
-                                                args.epochs, (0.25, 0.5, 1.0), out)
+    policies = shared_policies(path, 32) if not {"wb97x", "gfn2"} <= skip else None
     if "gfn2" not in skip:
         results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
-                                               (0.25, 0.5, 1.0), out)
+                                               (0.25, 0.5, 1.0), out, policies)
+    if "wb97x" not in skip:
+        results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
+                                                args.epochs, (0.25, 0.5, 1.0), out, policies)
     if "transfer" not in skip:
         results["transfer"] = transfer(path, args.members, args.epochs, out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
