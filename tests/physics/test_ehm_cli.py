@@ -88,7 +88,7 @@ def _run(args):
     return subprocess.run([sys.executable, "-m", "phai.cli", "ehm", *args], capture_output=True, text=True, check=False)
 
 
-def test_errors_one_line_exit_2(tmp_path):
+def test_errors_one_line_exit_2(tmp_path, capsys):
     cu = tmp_path / "cu.xyz"
     ase.io.write(cu, ase.Atoms("CuH", positions=[[0, 0, 0], [0, 0, 1.5]]), format="xyz")
     radical = tmp_path / "ch3.xyz"
@@ -98,19 +98,21 @@ def test_errors_one_line_exit_2(tmp_path):
     ase.io.write(water, _atoms(_mol("O")), format="xyz")
     cases = [
         ([str(cu)], "no parameters for element(s) Cu"),
-        ([str(radical)], "7 valence electrons"),
+        ([str(radical)], "ch3.xyz frame 0: 7 valence electrons"),  # names the file and frame
         ([str(water), "--charge", "1"], "7 valence electrons (charge 1)"),
         ([str(water), "--matrices"], "--matrices needs --json"),
         ([str(tmp_path / "missing.xyz")], "no such file"),
         ([str(water), "--model", str(tmp_path / "nowhere")], "ML-EHM model folder"),
     ]
-    for args, text in cases:
+    for args, text in cases:  # in process (fast)
+        assert main(["ehm", *args]) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("phai: error:") and text in lines[0], (args, lines)
+    for args, text in cases[:1] + cases[4:5]:  # and as a user runs it
         proc = _run(args)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("phai: error:") and text in lines[0], (args, lines)
-    proc = _run([str(radical)])
-    assert "ch3.xyz frame 0" in proc.stderr  # names the file and frame
 
 
 def test_non_finite_matrices_are_an_error():
