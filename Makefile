@@ -1,7 +1,7 @@
 # The two commands of the README. Both create and use .venv/ in the repository root.
 .PHONY: run test bench clean
 
-run:            ## the main job: ANI-1x energy, forces and ensemble spread of a bundled molecule
+run:            ## the main job: ANI-1x on aspirin: energy table, optimization, 1 ps NVT at 300 K, trajectory, plot, summary
 	@scripts/setup.sh
 	@.venv/bin/phai demo
 

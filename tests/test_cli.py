@@ -91,3 +91,13 @@ def test_demo_runs(capsys):
     assert main(["demo", "--molecule", "ethanol"]) == 0
     out = capsys.readouterr().out
     assert "energy" in out and "ensemble std" in out
+
+
+def test_md_command_defaults_match_the_driver():
+    """phai.commands.md repeats phai.md.run's defaults so that `phai --help` need not import jax-md."""
+    from phai.commands import md as md_command
+    from phai.md import run as md_run
+
+    assert md_command.DEFAULT_FRICTION == md_run.DEFAULT_FRICTION
+    assert md_command.DEFAULT_TAU == md_run.DEFAULT_TAU
+    assert md_command.DEFAULT_MAX_ENERGY_JUMP == md_run.DEFAULT_MAX_ENERGY_JUMP

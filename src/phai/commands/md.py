@@ -27,9 +27,13 @@ import warnings
 from .optimize import add_model_options, load_potential, one_frame
 
 
-def register(sub) -> None:
-    from ..md.run import DEFAULT_FRICTION, DEFAULT_MAX_ENERGY_JUMP, DEFAULT_TAU
+# The defaults of phai.md.run (kept here so that building the parser does not import jax-md).
+DEFAULT_FRICTION = 0.01  # 1/fs
+DEFAULT_TAU = 100.0  # fs
+DEFAULT_MAX_ENERGY_JUMP = 0.05  # eV/atom
 
+
+def register(sub) -> None:
     p = sub.add_parser("md", help="molecular dynamics (NVE or NVT) with jax-md",
                        description="Molecular dynamics with jax-md. Units: Å, eV, fs, amu, K.")
     p.add_argument("file", metavar="FILE", help="any file ASE reads (a molecule or a periodic cell)")
