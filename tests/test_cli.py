@@ -101,3 +101,15 @@ def test_md_command_defaults_match_the_driver():
     assert md_command.DEFAULT_FRICTION == md_run.DEFAULT_FRICTION
     assert md_command.DEFAULT_TAU == md_run.DEFAULT_TAU
     assert md_command.DEFAULT_MAX_ENERGY_JUMP == md_run.DEFAULT_MAX_ENERGY_JUMP
+
+
+def test_main_leaves_jax_precision_as_it_found_it(tmp_path):
+    import jax
+
+    from phai.cli import main
+
+    before = jax.config.jax_enable_x64
+    f = tmp_path / "w.xyz"
+    f.write_text("3\n\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n")
+    assert main(["energy", str(f), "--precision", "float64", "--json"]) == 0
+    assert jax.config.jax_enable_x64 == before

@@ -208,11 +208,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import phai
 
-    phai.enable_compilation_cache()  # the application's choice: reuse compiled code across runs
-    if getattr(args, "precision", None) == "float64":
-        import jax
+    import jax
 
-        jax.config.update("jax_enable_x64", True)  # the application's choice, not the library's
+    phai.enable_compilation_cache()  # the application's choice: reuse compiled code across runs
+    x64_before = jax.config.jax_enable_x64
+    if getattr(args, "precision", None) == "float64":
+        # for this command only: main() called in-process (tests, notebooks) leaves JAX as it found it
+        jax.config.update("jax_enable_x64", True)
     try:
         return args.func(args)
     except (CLIError, PhaiError) as exc:
@@ -221,6 +223,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("phai: interrupted", file=sys.stderr)
         return 130
+    finally:
+        jax.config.update("jax_enable_x64", x64_before)
 
 
 if __name__ == "__main__":
