@@ -62,6 +62,11 @@ class TrainingSet:
                            None if self.forces is None else [self.forces[i] for i in idx],
                            None if self.groups is None else self.groups[idx])
 
+    def load(self, index) -> TrainingSet:
+        """The conformations ``index`` as arrays in memory (here: :meth:`subset`; a
+        :class:`phai.train.stream.StreamedTrainingSet` reads them from its file)."""
+        return self.subset(index)
+
     def validate(self, supported: Sequence[int], model: str = "the model") -> None:
         """Check every conformation on the host (elements, shapes, finiteness, overlaps)."""
         for c, (z, r) in enumerate(zip(self.numbers, self.positions)):
@@ -146,13 +151,16 @@ def assemble(ts: TrainingSet, index: np.ndarray, *, species_of_z: np.ndarray, nu
              policy: ShapePolicy | None = None, with_forces: bool = False) -> dict:
     """Build one training batch from conformations ``index`` (split over ``num_devices``).
 
+    ``ts`` is a :class:`TrainingSet` or anything with its ``load(index)`` (a streamed set).
+
     Returns a dict of NumPy arrays with a leading axis ``D``:
       ``R [D,N,3]`` Å, ``species/atom_mask/mol_index [D,N]``, ``pairs [D,2,P]``,
       ``triples [D,3,T]``, ``species_atoms``: tuple of ``[D,C_s]``, ``E [D,B]`` targets in
       Hartree with the self energies removed, ``num_atoms [D,B]``, ``mol_mask [D,B]``,
       ``F [D,N,3]`` Hartree/Å (if ``with_forces``); and ``num_molecules`` (static ``B``).
     """
-    parts = np.array_split(np.asarray(index), num_devices)
+    ts = ts.load(index)  # only this batch's coordinates and forces in memory (streamed sets read them now)
+    parts = np.array_split(np.arange(len(ts)), num_devices)
     packs, targets = [], []
     for part in parts:
         species = [species_of_z[np.asarray(ts.numbers[c])] for c in part]

@@ -44,16 +44,22 @@ class ModelSpec:
     members: int
     name: str = "trained"
     description: str = ""
+    delta: dict | None = None
+    """Δ-learning record written into the model folder (:func:`phai.train.delta.delta_record`):
+    what this ensemble's energies are a difference to; None for an ordinary model."""
 
     def to_config(self) -> dict:
-        return {"kind": "ani", "name": self.name, "description": self.description, "members": self.members,
-                "aev": dataclasses.asdict(self.aev), "activations": self.activations, "energy_unit": "hartree"}
+        cfg = {"kind": "ani", "name": self.name, "description": self.description, "members": self.members,
+               "aev": dataclasses.asdict(self.aev), "activations": self.activations, "energy_unit": "hartree"}
+        if self.delta:
+            cfg["delta"] = dict(self.delta)
+        return cfg
 
     @classmethod
     def from_config(cls, cfg: dict) -> ModelSpec:
         aev = AEVParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["aev"].items()})
         return cls(aev, {s: list(v) for s, v in cfg["activations"].items()}, int(cfg["members"]),
-                   cfg.get("name", "trained"), cfg.get("description", ""))
+                   cfg.get("name", "trained"), cfg.get("description", ""), cfg.get("delta"))
 
 
 OUTPUT_SCALE = 0.01

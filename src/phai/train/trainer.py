@@ -266,15 +266,21 @@ class Trainer:
 
     Args:
       config: :class:`TrainConfig`.
-      train: training conformations (eV, eV/Å).
+      train: training conformations (eV, eV/Å): a :class:`TrainingSet` in memory or a
+        :class:`phai.train.stream.StreamedTrainingSet` (an ANI HDF5 file read batch by batch;
+        the same split, epoch order, checkpoints and results).
       valid: validation conformations; default: ``config.valid_fraction`` of the molecules
         of ``train`` (by ``groups`` if present, else of the conformations), held out.
       out_dir: output folder (see :mod:`phai.train.checkpoint`); if it holds a checkpoint
         the run resumes from it. ``None``: nothing is written.
+      delta: for a Δ-learning run, :func:`phai.train.delta.delta_record` (what the energies
+        of ``train`` are a difference to), written into the model folder so that
+        ``phai.load(out_dir)`` knows it. The self energies are fitted to ``train.energies``,
+        i.e. to the differences the networks learn.
     """
 
     def __init__(self, config: TrainConfig, train: TrainingSet, valid: TrainingSet | None = None,
-                 out_dir=None):
+                 out_dir=None, delta: dict | None = None):
         self.config = config
         key = jax.random.PRNGKey(config.seed)
         if config.init:
@@ -285,6 +291,11 @@ class Trainer:
         spec.name = config.name
         spec.description = (f"trained by phai from {config.init or 'scratch'}"
                             + (f", layers {list(config.freeze_layers)} frozen" if config.freeze_layers else ""))
+        spec.delta = dict(delta) if delta else None
+        if spec.delta:
+            from .delta import describe
+
+            spec.description += "; " + describe(spec.delta)
         self.spec = spec
         supported = [SYMBOLS.index(s) for s in spec.aev.species]
         if valid is None:
@@ -334,13 +345,18 @@ class Trainer:
             self.restore(self.out_dir / "checkpoint")
 
     @staticmethod
-    def _network_energies(params, spec: ModelSpec, ts: TrainingSet) -> np.ndarray:
-        """``[C]`` ensemble-mean network energies (eV, self energies excluded) of ``ts``."""
+    def _network_energies(params, spec: ModelSpec, ts: TrainingSet, chunk: int = 1024) -> np.ndarray:
+        """``[C]`` ensemble-mean network energies (eV, self energies excluded) of ``ts``, in
+        chunks of ``chunk`` conformations (the same chunks in memory and streamed)."""
         from ..potential import ANIConfig, ANIPotential
 
         cfg = ANIConfig(spec.name, "", spec.aev, spec.activations, spec.members)
         pot = ANIPotential(params, np.zeros(len(spec.aev.species)), cfg)
-        return np.array([r.energy for r in pot.evaluate(list(zip(ts.numbers, ts.positions)), forces=False)])
+        out = []
+        for k in range(0, len(ts), chunk):
+            part = ts.load(np.arange(k, min(k + chunk, len(ts))))
+            out.extend(r.energy for r in pot.evaluate(list(zip(part.numbers, part.positions)), forces=False))
+        return np.array(out)
 
     # ------------------------------------------------------------------ data
     def _fingerprint(self) -> str:
@@ -364,9 +380,10 @@ class Trainer:
         needs, so that the train and evaluation steps compile once each."""
         def scan(ts, batches, policy):
             for index in batches[:max_batches]:
-                for part in np.array_split(np.asarray(index), self.config.num_devices):
-                    sp = [self.species_of_z[np.asarray(ts.numbers[c])] for c in part]
-                    p = pack(sp, [ts.positions[c] for c in part], num_species=len(self.spec.aev.species),
+                local = ts.load(index)  # a streamed set reads this batch only
+                for part in np.array_split(np.arange(len(local)), self.config.num_devices):
+                    sp = [self.species_of_z[np.asarray(local.numbers[c])] for c in part]
+                    p = pack(sp, [local.positions[c] for c in part], num_species=len(self.spec.aev.species),
                              radial_cutoff=self.spec.aev.Rcr, angular_cutoff=self.spec.aev.Rca)
                     policy.grow([needs(p)])
 
@@ -624,6 +641,6 @@ def plot_learning_curve(history: list, path) -> Path:
 
 
 def train(config: TrainConfig, train_set: TrainingSet, valid_set: TrainingSet | None = None, out_dir=None,
-          callback=None) -> FitResult:
+          callback=None, delta: dict | None = None) -> FitResult:
     """Build a :class:`Trainer` and run :meth:`Trainer.fit`."""
-    return Trainer(config, train_set, valid_set, out_dir).fit(callback)
+    return Trainer(config, train_set, valid_set, out_dir, delta=delta).fit(callback)
