@@ -21,10 +21,19 @@ def load(name: str, precision: str = "float32"):
 
     ANI models give an :class:`phai.potential.ANIPotential`; AIMNet2 models
     (``"aimnet2-wb97m-d3"``, ``"aimnet2-b973c"``) a :class:`phai.models.aimnet2.AIMNet2`,
-    whose calls take a total ``charge`` and also return atomic charges.
+    whose calls take a total ``charge`` and also return atomic charges. A folder written by
+    ``phai train --base MODEL`` gives the combined :class:`phai.train.DeltaPotential` (base +
+    Δ); one written with ``--delta-from KEY`` the Δ ensemble, whose ``predicts`` attribute
+    says that its energies are differences between two levels of theory.
     """
     from pathlib import Path
 
+    if Path(name).is_dir():  # phai train --base / --delta-from folders: base + Δ, or a marked Δ model
+        from .train.delta import load_delta_folder
+
+        delta = load_delta_folder(name, precision)
+        if delta is not None:
+            return delta
     if not Path(name).is_dir():
         from .pretrained import spec
 

@@ -67,6 +67,8 @@ def _potential(model: str, precision: str):
 
 def cmd_energy(args) -> int:
     pot = _potential(args.model, args.precision)
+    if getattr(pot, "predicts", None):  # a Δ model of two stored levels (phai train --delta-from)
+        print(f"phai: note: {args.model} {pot.predicts}", file=sys.stderr)
     frames = [(f, k, atoms) for f in args.files for k, atoms in enumerate(read_frames(f))]
     charge = getattr(args, "charge", None)
     structs = [atoms if charge is None else (atoms.get_atomic_numbers(), atoms.get_positions(), charge)
@@ -173,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("energy", help="energies, forces and ensemble spread of structure files")
     e.add_argument("files", nargs="+", metavar="FILE", help="any file ASE reads (all frames)")
-    e.add_argument("--model", default="ani-1x", help="model name or phai model folder (default ani-1x)")
+    e.add_argument("--model", default="ani-1x", help="model name or phai model folder (default ani-1x); a Δ folder "
+                   "of phai train --base gives base + Δ (std: both ensembles' spreads in quadrature), one of "
+                   "--delta-from a difference of levels (noted on stderr)")
     e.add_argument("--precision", choices=["float32", "float64"], default="float32")
     e.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
     e.add_argument("--charge", type=float, default=None,
