@@ -2,9 +2,10 @@
 """Training experiments on the labelled CHNO set (issue 3): learning curve and transfer learning.
 
 (a) ANI-architecture ensembles (ANI-1x widths and AEV) trained from scratch on the
-    wB97X/6-31G(d) energies and forces (and, as a larger complete set, the GFN2-xTB labels
-    of the same geometries); held-out energy and force errors (kcal/mol, kcal/mol/Å) of the
-    test molecules (held out whole) against the number of training conformations.
+    wB97X/6-31G(d) energies and forces (and, for comparison, on the GFN2-xTB labels of the
+    same geometries); held-out energy and force errors (kcal/mol, kcal/mol/Å) of the test
+    molecules (held out whole) against the number of training conformations: total energies
+    and relative conformer energies (each molecule's mean removed).
 (b) Transfer: from pretrained ANI-1x, fine-tune on the CCSD(T) energies with layers 0 and 2
     frozen (the ANI-1ccx recipe, SAE refitted); Δ-learning: a small ensemble trained on
     E_CCSD(T) - E_wB97X, added to ANI-1x; compared with ANI-1x and pretrained ANI-1ccx on the
@@ -13,8 +14,9 @@
     fitted on the training molecules (removes each model's constant level-of-theory and
     basis-set shift; the CC labels are CCSD(T)/cc-pVDZ, not ANI-1ccx's CCSD(T)*/CBS).
 
-Usage: python benchmarks/train_experiments.py [--data FILE.h5] [--out DIR] [--quick]
-Prints JSON lines and a summary table; writes DIR/results.json and the learning-curve PNG.
+Usage: python benchmarks/train_experiments.py [--data FILE.h5] [--out DIR] [--epochs N] [--members M]
+       [--skip wb97x,transfer,gfn2]
+Prints one JSON line per run; writes DIR/results.json and DIR/learning_curve.png after each part.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 TEST_MOLECULES = ("hydroxylamine", "dimethyl_ether", "propene", "methyl_formate")
-DEFAULT_DATA = [HERE.parent / "tests/data/chno_labels/chno_labels.h5", Path("/tmp/phai_coord/chno_labels_partial.h5")]
+DEFAULT_DATA = HERE.parent / "tests/data/chno_labels/chno_labels.h5"
+FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 
 
 def read(path, energy_key, forces_key=None, properties=()):
@@ -78,8 +81,16 @@ def shared_policies(path, batch_size):
     return ShapePolicy(tr.policy.state), ShapePolicy(tr.policy.state)
 
 
-def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out, policies=None):
-    from phai.train import ShapePolicy, TrainConfig, Trainer, error_metrics
+def learning_curve(path, energy_key, forces_key, members, epochs, fractions, policies=None):
+    """Held-out errors of ensembles trained on nested random subsets of the training molecules'
+    conformations (the same permutation, so each subset contains the smaller ones)."""
+    from phai.train import (
+        ShapePolicy,
+        TrainConfig,
+        Trainer,
+        error_metrics,
+        relative_energy_metrics,
+    )
 
     ts, _ = read(path, energy_key, forces_key)
     train, test = split(ts)
@@ -98,10 +109,12 @@ def learning_curve(path, energy_key, forces_key, members, epochs, fractions, out
         res = tr.fit()
         pot = tr.potential()
         e, f = force_errors(pot, test)
+        rel = relative_energy_metrics(e, test.energies, test.groups)
         row = {"labels": energy_key.split(".")[0], "train_conformations": len(tr.train_set),
                "valid_conformations": len(tr.valid_set), "test_conformations": len(test),
                "epochs": len(res.history), "seconds": round(time.perf_counter() - t, 1),
-               **{f"energy_{k}": v for k, v in error_metrics(e, test.energies).items()}, **(f or {})}
+               **{f"energy_{k}": v for k, v in error_metrics(e, test.energies).items()},
+               "relative_energy_mae": rel["mae"], "relative_energy_rmse": rel["rmse"], **(f or {})}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -117,7 +130,7 @@ def offset_errors(pred_train, ref_train, train, pred_test, ref_test, test, speci
     return error_metrics(np.asarray(pred_test) + corr, ref_test)
 
 
-def transfer(path, members_delta, epochs, out):
+def transfer(path, members_delta, epochs):
     import phai
     from phai.train import (
         DeltaPotential,
@@ -167,48 +180,65 @@ def transfer(path, members_delta, epochs, out):
     return rows
 
 
+def plot_curves(results: dict, path: Path) -> None:
+    """Log-log held-out RMSE against training conformations (one line per label set and quantity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in ("curve_wb97x", "curve_gfn2"):
+        rows = results.get(key)
+        if not rows:
+            continue
+        n = [r["train_conformations"] for r in rows]
+        ax.loglog(n, [r["energy_rmse"] for r in rows], "o-", label=f"{rows[0]['labels']} energy")
+        ax.loglog(n, [r["relative_energy_rmse"] for r in rows], "^:", label=f"{rows[0]['labels']} rel. energy")
+        if "force_rmse" in rows[0]:
+            ax.loglog(n, [r["force_rmse"] for r in rows], "s--", label=f"{rows[0]['labels']} force")
+    ax.set_xlabel("training conformations")
+    ax.set_ylabel("held-out RMSE (kcal/mol, kcal/mol/Å)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=None)
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default="/tmp/phai_train_experiments")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: wb97x,gfn2,transfer")
     args = ap.parse_args()
-    path = Path(args.data) if args.data else next(p for p in DEFAULT_DATA if p.is_file())
+    path = Path(args.data)
+    if not path.is_file():
+        ap.error(f"no such data file: {path}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"data: {path}", flush=True)
     skip = set(args.skip.split(","))
-    results = {"data": str(path)}
+    results = {"data": str(path), "epochs": args.epochs, "members": args.members}
+
+    def save():  # after every part, so that an interrupted run keeps what it finished
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        if any(k in results for k in ("curve_wb97x", "curve_gfn2")):
+            plot_curves(results, out / "learning_curve.png")
+
     policies = shared_policies(path, 32) if not {"wb97x", "gfn2"} <= skip else None
-    if "gfn2" not in skip:
-        results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
-                                               (0.25, 0.5, 1.0), out, policies)
     if "wb97x" not in skip:
         results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
-                                                args.epochs, (0.25, 0.5, 1.0), out, policies)
+                                                args.epochs, FRACTIONS, policies)
+        save()
     if "transfer" not in skip:
-        results["transfer"] = transfer(path, args.members, args.epochs, out)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    curves = [results[k] for k in ("curve_wb97x", "curve_gfn2") if k in results]
-    if curves:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for rows in curves:
-            n = [r["train_conformations"] for r in rows]
-            ax.loglog(n, [r["energy_rmse"] for r in rows], "o-", label=f"{rows[0]['labels']} energy")
-            if "force_rmse" in rows[0]:
-                ax.loglog(n, [r["force_rmse"] for r in rows], "s--", label=f"{rows[0]['labels']} force")
-        ax.set_xlabel("training conformations")
-        ax.set_ylabel("held-out RMSE (kcal/mol, kcal/mol/Å)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "learning_curve.png", dpi=100)
+        results["transfer"] = transfer(path, args.members, args.epochs)
+        save()
+    if "gfn2" not in skip:
+        results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
+                                               FRACTIONS, policies)
+        save()
     return 0
 
 
