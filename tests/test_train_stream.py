@@ -42,44 +42,56 @@ def _history(res):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in res.history]  # wall time differs
 
 
-@pytest.fixture
-def coordinate_reads(monkeypatch):
+class _CountedReads:
     """Every read of a ``coordinates`` or ``forces`` HDF5 dataset, as (field, rows returned):
-    h5py's own ``Dataset.__getitem__`` is wrapped, so no read escapes the count."""
-    reads = []
-    original = h5py.Dataset.__getitem__
+    h5py's own ``Dataset.__getitem__`` is wrapped while inside ``with``, so no read escapes."""
 
-    def counted(self, sel):
-        out = original(self, sel)
-        field = self.name.rsplit("/", 1)[-1]
-        if field == "coordinates" or field.endswith("forces"):
-            reads.append((field, 1 if np.ndim(out) < 3 else np.shape(out)[0]))
-        return out
+    def __init__(self):
+        self.reads = []
 
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
-    return reads
+    def __enter__(self):
+        self._original = original = h5py.Dataset.__getitem__
+
+        def counted(ds, sel):
+            out = original(ds, sel)
+            field = ds.name.rsplit("/", 1)[-1]
+            if field == "coordinates" or field.endswith("forces"):
+                self.reads.append((field, 1 if np.ndim(out) < 3 else np.shape(out)[0]))
+            return out
+
+        h5py.Dataset.__getitem__ = counted
+        return self
+
+    def __exit__(self, *exc):
+        h5py.Dataset.__getitem__ = self._original
 
 
-def test_streamed_training_is_bit_identical_and_reads_one_batch_at_a_time(coordinate_reads, tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same run in memory and streamed (the streamed one with its file reads counted)."""
     memory = load_data(str(H5), WB, WBF)
-    coordinate_reads.clear()
     ref = Trainer(TrainConfig(**TINY), memory).fit()
+    with _CountedReads() as counted:
+        stream = StreamedTrainingSet(H5, WB, WBF, chunk=TINY["batch_size"])
+        res = Trainer(TrainConfig(**TINY), stream, out_dir=tmp_path_factory.mktemp("stream") / "run").fit()
+    return memory, ref, stream, res, counted.reads
 
-    stream = StreamedTrainingSet(H5, WB, WBF, chunk=TINY["batch_size"])
+
+def test_streamed_training_is_bit_identical_and_reads_one_batch_at_a_time(runs):
+    memory, ref, stream, res, reads = runs
     assert len(stream) == len(memory) == 214
     np.testing.assert_array_equal(stream.energies, memory.energies)
     assert list(stream.groups) == list(memory.groups)
-    res = Trainer(TrainConfig(**TINY), stream, out_dir=tmp_path / "run").fit()
-    assert _history(res) == _history(ref)
+    assert _history(res) == _history(ref) and len(res.history) == TINY["epochs"]
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(res), _leaves(ref)))
 
-    # memory: the coordinates and forces came from the file, at most one batch (or chunk) per read,
+    # memory: coordinates and forces come from the file, at most one batch (or chunk) per read,
     # while every group holds more conformations than that
     with h5py.File(H5) as f:
         assert min(f[g]["coordinates"].shape[0] for g in f) > TINY["batch_size"]
-    assert {field for field, _ in coordinate_reads} == {"coordinates", WBF}
-    assert sum(n for field, n in coordinate_reads if field == "coordinates") > 2 * 214  # read per epoch, not kept
-    assert max(n for _, n in coordinate_reads) <= TINY["batch_size"]
+    assert {field for field, _ in reads} == {"coordinates", WBF}
+    assert sum(n for field, n in reads if field == "coordinates") > TINY["epochs"] * 214  # re-read, not kept
+    assert max(n for _, n in reads) <= TINY["batch_size"]
     floats = [v for v in vars(stream).values() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
     assert all(v.ndim == 1 and v.size <= len(stream) for v in floats)  # energies, scales: no coordinates/forces
     with pytest.raises(TypeError, match="stay in the file"):
@@ -90,21 +102,20 @@ class Interrupt(Exception):
     pass
 
 
-def test_streamed_run_interrupted_mid_epoch_resumes_to_the_same_weights(tmp_path):
-    cfg = {**TINY, "use_forces": False, "epochs": 2}
-    full = Trainer(TrainConfig(**cfg), StreamedTrainingSet(H5, WB)).fit()
-    n_batches = len(Trainer(TrainConfig(**cfg), StreamedTrainingSet(H5, WB)).epoch_order(0))
+def test_streamed_run_interrupted_mid_epoch_resumes_to_the_same_weights(runs, tmp_path):
+    full = runs[3]
+    n_batches = len(Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF)).epoch_order(0))
 
-    def stop(info):  # the process dies one step after the mid-epoch checkpoint of epoch 2
-        if info["step"] > n_batches and info["step"] % cfg["checkpoint_every"] == 1:
+    def stop(info):  # stands for SIGKILL one step after the mid-epoch checkpoint of epoch 2
+        if info["step"] > n_batches and info["step"] % TINY["checkpoint_every"] == 1:
             raise Interrupt
 
     out = tmp_path / "run"
     with pytest.raises(Interrupt):
-        Trainer(TrainConfig(**cfg), StreamedTrainingSet(H5, WB), out_dir=out).fit(stop)
+        Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF), out_dir=out).fit(stop)
     ck = json.loads((out / "checkpoint" / "config.json").read_text())["training"]
     assert ck["epoch"] == 1 and 0 < ck["batch"] < n_batches
-    resumed = Trainer(TrainConfig(**cfg), StreamedTrainingSet(H5, WB), out_dir=out)
+    resumed = Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF), out_dir=out)
     assert resumed.state["step"] == ck["step"]
     res = resumed.fit()
     assert _history(res) == _history(full)
