@@ -191,18 +191,18 @@ def run(args) -> int:
     delta_from, base_name = data.get("delta_from") or None, data.get("base") or None
     if delta_from and base_name:
         raise InputError("give either --delta-from (a stored lower level) or --base (a model), not both")
+    from ..train.delta import delta_record, describe
+
     base, delta = None, None
     if base_name:
         import phai
 
-        from ..train.delta import delta_record
-
         base = phai.load(base_name, precision="float64")  # the labels' differences to this model, in float64
         delta = delta_record(base_name, target=data["energy_key"])
     elif delta_from:
-        from ..train.delta import delta_record
-
         delta = delta_record(level=delta_from, target=data["energy_key"])
+    if delta_from and data.get("forces_key"):
+        print(f"phai train: --delta-from {delta_from}: training on energy differences only (forces not used)")
     kw = {"stream": stream, "base": base}
     ts = load_data(data["path"], data["energy_key"], data.get("forces_key") or None, delta_from, **kw)
     valid = None
@@ -211,7 +211,10 @@ def run(args) -> int:
     config = TrainConfig.from_dict({"name": Path(out).name, **train_kw})
     trainer = Trainer(config, ts, valid, out_dir=out, delta=delta)
     resumed = trainer.state["step"] > 0
-    print(f"phai train: {len(trainer.train_set)} training and {len(trainer.valid_set)} validation conformations, "
+    if delta:
+        print(f"phai train: Δ-learning: the output {describe(delta)}")
+    print(f"phai train: {len(trainer.train_set)} training and {len(trainer.valid_set)} validation conformations"
+          f"{' (streamed from the file)' if type(ts).__name__ == 'StreamedTrainingSet' else ''}, "
           f"{config.members} members, {'resuming at epoch ' + str(trainer.state['epoch'] + 1) if resumed else 'new run'}"
           f", output {out}", flush=True)
     res = trainer.fit()

@@ -104,7 +104,7 @@ class StreamedTrainingSet:
         if base is not None:
             from .delta import base_predictions
 
-            self._base_energies = base_predictions(base, self, forces=False, chunk=self.chunk)[0]
+            self._base_energies = base_predictions(base, self, forces=False)[0]  # the in-memory path's chunks
             self.energies = self.energies - self._base_energies
         else:
             self._base_energies = None
