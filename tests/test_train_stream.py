@@ -8,6 +8,7 @@ Networks are tiny (16-8 hidden units, 2 members) as in tests/test_train.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import ase
@@ -213,3 +214,28 @@ def test_base_model_delta_folder_loads_as_base_plus_delta(small_h5, tmp_path, ca
         assert row["energy"] == pytest.approx(rb.energy + rd.energy, abs=1e-9)
         np.testing.assert_allclose(row["forces"], rb.forces + rd.forces, atol=1e-9)
         assert row["energy_std"] == pytest.approx(np.hypot(rb.energy_std, rd.energy_std), abs=1e-9)
+
+
+def test_streamed_set_names_the_group_and_field_of_a_bad_file(small_h5, tmp_path):
+    bad = tmp_path / "bad.h5"
+    shutil.copy(small_h5, bad)
+    with h5py.File(bad, "r+") as f:
+        del f["ethanol"][WBF]
+        f["ethanol"][WBF] = np.zeros((3, 9, 3))
+    with pytest.raises(phai.InputError, match=r"group 'ethanol', field 'wb97x_dz.forces'.*shape"):
+        StreamedTrainingSet(bad, WB, WBF)
+    with h5py.File(bad, "r+") as f:
+        f["water"]["coordinates"][2, 1, 0] = np.nan
+    with pytest.raises(phai.InputError, match=r"group 'water', field 'coordinates'.*conformation 2"):
+        StreamedTrainingSet(bad, WB)
+    with pytest.raises(phai.InputError, match=r"group 'ammonia', field 'nope'.*missing"):
+        StreamedTrainingSet(small_h5, WB, delta_from="nope")
+    with pytest.raises(phai.InputError, match="only ANI HDF5"):
+        load_data(__file__, WB, stream=True)
+    # a NaN label drops that conformation, as read_ani_h5 does
+    with h5py.File(bad, "r+") as f:
+        f["water"]["coordinates"][2, 1, 0] = 0.0
+        f["methane"][WB][4] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1 of"):
+        ts = StreamedTrainingSet(bad, WB)
+    assert len(ts) == 53 and list(ts.groups).count("methane") == 9
