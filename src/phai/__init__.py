@@ -22,12 +22,21 @@ def load(name: str, precision: str = "float32"):
     ANI models give an :class:`phai.potential.ANIPotential`; AIMNet2 models
     (``"aimnet2-wb97m-d3"``, ``"aimnet2-b973c"``) a :class:`phai.models.aimnet2.AIMNet2`,
     whose calls take a total ``charge`` and also return atomic charges. A folder written by
-    ``phai train --base MODEL`` gives the combined :class:`phai.train.DeltaPotential` (base +
-    Δ); one written with ``--delta-from KEY`` the Δ ensemble, whose ``predicts`` attribute
-    says that its energies are differences between two levels of theory.
+    ``phai train-aimnet`` gives a :class:`phai.models.aimnet_me.AIMNetMEPotential` (charge
+    and multiplicity aware, spin-resolved charges). A folder written by ``phai train --base
+    MODEL`` gives the combined :class:`phai.train.DeltaPotential` (base + Δ); one written with
+    ``--delta-from KEY`` the Δ ensemble, whose ``predicts`` attribute says that its energies
+    are differences between two levels of theory.
     """
     from pathlib import Path
 
+    if Path(name).is_dir() and (Path(name) / "config.json").is_file():
+        import json
+
+        if json.loads((Path(name) / "config.json").read_text()).get("kind") == "aimnet-me":
+            from .models.aimnet_me import load_aimnet_me
+
+            return load_aimnet_me(name, precision)
     if Path(name).is_dir():  # phai train --base / --delta-from folders: base + Δ, or a marked Δ model
         from .train.delta import load_delta_folder
 

@@ -34,7 +34,7 @@ BUNDLED = Path(__file__).parent / "data" / "molecules"
 # Subcommands kept in their own modules under phai/commands/, each with ``register(sub)``.
 COMMANDS: tuple[str, ...] = ("phai.commands.ehm", "phai.commands.train", "phai.commands.cdft", "phai.commands.data",
                              "phai.commands.label", "phai.commands.optimize", "phai.commands.vib",
-                             "phai.commands.scan", "phai.commands.md")
+                             "phai.commands.scan", "phai.commands.md", "phai.commands.train_aimnet")
 
 
 class CLIError(PhaiError):

@@ -24,10 +24,10 @@ states. Spin-polarised charges come from neural spin-charge equilibration (NSE):
 channel ``s`` in (alpha, beta), with ``Q^alpha = (Q - M + 1) / 2`` and ``Q^beta = (Q + M - 1) / 2``
 (so ``Q^alpha + Q^beta = Q``; ``M`` the multiplicity, as the AIMNet-NSE code),
 
-.. math::  q^s_i = \tilde q^s_i + (Q^s - \textstyle\sum_j \tilde q^s_j)\, \frac{(k^s_i)^2}{\sum_j (k^s_j)^2 + \epsilon}
+.. math::  q^s_i = \tilde q^s_i + (Q^s - \textstyle\sum_j \tilde q^s_j)\, \frac{(k^s_i)^2}{\max(\sum_j (k^s_j)^2, \epsilon)}
 
 and the atomic charge is ``q_i = q^alpha_i + q^beta_i``; charges sum to ``Q`` up to the
-``epsilon`` term. The energy head reads ``[M_i, q^alpha_i, q^beta_i]``, so the energy depends
+rounding (unless ``sum k^2 < epsilon``). The energy head reads ``[M_i, q^alpha_i, q^beta_i]``, so the energy depends
 on the total charge and the spin through both the embeddings and the equilibrated charges.
 
 Choices where the papers and code are not specific (stated, not copied): the ME embedding is
@@ -138,7 +138,8 @@ def spin_charges(total_charge, multiplicity):
 
 
 def nse(target, q, k, atom_mask, eps: float = 1e-6):
-    r"""Neural (spin-)charge equilibration ``q + (Q - sum q) k^2 / (sum k^2 + eps)`` per channel.
+    r"""Neural (spin-)charge equilibration ``q + (Q - sum q) k^2 / max(sum k^2, eps)`` per channel
+    (the AIMNet-NSE code's ``max``: exact whenever ``sum k^2 >= eps``, unlike ``+ eps``).
 
     Args:
       target: ``[C]`` total charge of each channel (e).
@@ -146,11 +147,11 @@ def nse(target, q, k, atom_mask, eps: float = 1e-6):
       atom_mask: ``[N]`` bool; padding slots get 0 and do not count.
 
     Returns:
-      ``[N, C]``; each column sums to ``target`` up to ``eps (target - sum q) / (sum k^2 + eps)``.
+      ``[N, C]``; each column sums to ``target`` to rounding (when ``sum k^2 >= eps``).
     """
     m = atom_mask[:, None].astype(q.dtype)
     q, w = q * m, k * k * m
-    return q + w * (target[None, :] - jnp.sum(q, axis=0, keepdims=True)) / (jnp.sum(w, axis=0, keepdims=True) + eps)
+    return q + w * (target[None, :] - jnp.sum(q, axis=0, keepdims=True)) / jnp.maximum(jnp.sum(w, axis=0, keepdims=True), eps)
 
 
 # ---------------------------------------------------------------------------------- modules

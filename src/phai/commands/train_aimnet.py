@@ -1,0 +1,64 @@
+"""``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
+[--force-weight W] [--charge-weight W] [--valid-fraction F] [--size small|default]``
+
+Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
+:mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
+potential, ``phai cdft FILE --model DIR`` gives its conceptual-DFT indices. ``DIR/checkpoint``
+holds the training state (rerunning the command resumes), ``DIR/metrics.jsonl`` and
+``metrics.csv`` one row per epoch.
+
+``FILE``: the charge data set (HDF5 in the layout of ``tests/data/charge_labels``) or an
+extended XYZ file with ``info`` ``charge``, ``multiplicity``, ``energy`` (eV), ``molecule`` and
+arrays ``forces`` (eV/Å), ``q_alpha``, ``q_beta`` (e).
+"""
+
+from __future__ import annotations
+
+import json
+
+SIZES = {
+    "small": {"nfeature": 16, "pair_hidden": [32], "embed_hidden": [128, 64], "update_hidden": [64],
+              "interact_hidden": [64], "aim_size": 64, "head_hidden": [64, 32], "npass": 2},
+    "default": {},
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-aimnet", help="train an AIMNet-ME model (charge states, spin, NSE charges)")
+    p.add_argument("--data", required=True, help="charge data set: HDF5 (charge_labels layout) or extended XYZ")
+    p.add_argument("--out", required=True, help="output folder (model, checkpoint, metrics)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force-weight", type=float, default=0.1, help="0 trains without forces (faster)")
+    p.add_argument("--charge-weight", type=float, default=10.0)
+    p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out molecules for model selection")
+    p.add_argument("--size", choices=sorted(SIZES), default="small", help="network widths (see SIZES)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from phai.errors import InputError
+    from phai.train.aimnet_me import MEConfig, read_charge_data, train_aimnet_me
+
+    if args.epochs < 1 or args.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be at least 1")
+    if not 0 <= args.valid_fraction < 1:
+        raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    data = read_charge_data(args.data)
+    elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
+    model = {"elements": elements, **SIZES[args.size]}
+    cfg = MEConfig(model=model, elements=tuple(elements), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed, force_weight=args.force_weight, charge_weight=args.charge_weight,
+                   valid_fraction=args.valid_fraction)
+
+    def show(row):
+        keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")
+        print(json.dumps({k: row[k] for k in keys if k in row}), flush=True)
+
+    t = train_aimnet_me(cfg, data, None, args.out, callback=show)
+    print(f"wrote {args.out} ({len(t.train_set)} training states, epoch {t.epoch}); phai.load('{args.out}')")
+    return 0

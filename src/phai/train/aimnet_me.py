@@ -1,0 +1,702 @@
+r"""Training AIMNet-ME over charge states: data, padding, self energies, the loss, the loop.
+
+The model is :class:`phai.models.aimnet.AIMNet` with ``charge_spin=True`` (charge-state
+AFV tables, spin embedding, neural spin-charge equilibration). One training example is one
+*state*: a geometry with its total charge ``Q``, multiplicity ``M``, energy (eV), optionally
+forces (eV/Å) and spin-resolved atomic charges ``q^alpha``, ``q^beta`` (e; with ``Q^alpha =
+(Q - M + 1)/2``, i.e. ``q^sigma_i = Z_i/2 - n^sigma_i`` for the population ``n^sigma_i`` of
+spin ``sigma`` on atom ``i``).
+
+Loss of a batch (the per-state losses averaged, as AIMNet-ME):
+
+.. math::
+
+   L = \frac{1}{|S_b|} \sum_{s \in S_b} \frac{1}{n_s} \sum_{m \in s} \Big[
+        \frac{(E_m - E^\mathrm{ref}_m)^2}{A_m}
+      + w_q \frac{\sum_i (q^\alpha_i - q^{\alpha,\mathrm{ref}}_i)^2 + (q^\beta_i - q^{\beta,\mathrm{ref}}_i)^2}{A_m}
+      + w_F \frac{\sum_i |F_i - F^\mathrm{ref}_i|^2}{3 A_m} \Big]
+
+over the charge states ``S_b`` present in the batch (``n_s`` molecules of state ``s``,
+``A_m`` atoms): eV², e², (eV/Å)². The charges that enter are the NSE-re-balanced ones
+(``q_i = q~_i + (Q - sum q~) k_i^2 / sum k^2`` per spin channel, inside the model), so they sum
+to the state's ``Q^alpha``, ``Q^beta`` by construction.
+
+Self energies: ``E ~ sum_Z n_Z SAE_Z + c_Q`` by least squares over the training states,
+with one offset ``c_Q`` per charge state and ``c_0 = 0``. Why per charge state: the gap
+between charge states is an ionisation potential or an electron affinity, 5-12 eV and
+*intensive*; a per-element shift scales with the molecule's size and cannot represent it,
+so without ``c_Q`` the network would have to learn a ~10 eV constant as a sum of atomic
+terms (hard, and size-dependent errors). The network then fits the residual. The self
+energies are added in float64 on the host (as for ANI), so float32 networks lose no precision
+on totals of thousands of eV.
+
+Resume: the batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``; the
+checkpoint (written atomically at every epoch end: :mod:`phai.train.checkpoint`) holds the
+weights, best weights, optimizer state, epoch and history, so a resumed run continues
+exactly where the last completed epoch left it. Learning rate: cosine from ``lr`` to
+``lr * final_lr_fraction`` over ``epochs`` (set per epoch, so resume needs no extra state).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ..errors import InputError
+from ..geometry import dense_from_pairs, neighbor_pairs
+from ..models.aimnet import AIMNet, AIMNetConfig, check_state
+from ..structures import bucket
+from ..units import HARTREE_TO_EV, HARTREE_TO_KCALMOL
+from . import checkpoint as ckpt
+
+EV_TO_KCALMOL = HARTREE_TO_KCALMOL / HARTREE_TO_EV
+KIND = "aimnet-me"
+
+
+# ----------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class ChargeSet:
+    """Labelled states (one per geometry x charge/multiplicity).
+
+    Attributes:
+      numbers: ``C`` arrays ``[A]`` of atomic numbers.
+      positions: ``C`` arrays ``[A, 3]`` (Å).
+      charge: ``[C]`` int total charges; multiplicity: ``[C]`` int ``2S + 1``.
+      energy: ``[C]`` eV.
+      forces: ``C`` arrays ``[A, 3]`` eV/Å, or None.
+      q_alpha, q_beta: ``C`` arrays ``[A]`` (e), or None.
+      molecule: ``[C]`` str, molecule id (splits keep a molecule in one part).
+      geometry: ``[C]`` str, geometry id (the states of one geometry share it: CDFT triples).
+    """
+
+    numbers: list
+    positions: list
+    charge: np.ndarray
+    multiplicity: np.ndarray
+    energy: np.ndarray
+    forces: list | None = None
+    q_alpha: list | None = None
+    q_beta: list | None = None
+    molecule: np.ndarray | None = None
+    geometry: np.ndarray | None = None
+
+    def __post_init__(self):
+        c = len(self.numbers)
+        self.numbers = [np.asarray(z, np.int64) for z in self.numbers]
+        self.positions = [np.asarray(r, np.float64).reshape(-1, 3) for r in self.positions]
+        self.charge = np.asarray(self.charge, np.int64).reshape(c)
+        self.multiplicity = np.asarray(self.multiplicity, np.int64).reshape(c)
+        self.energy = np.asarray(self.energy, np.float64).reshape(c)
+        for name in ("forces", "q_alpha", "q_beta"):
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, [np.asarray(x, np.float64) for x in v])
+        self.molecule = np.asarray([str(i) for i in range(c)] if self.molecule is None else self.molecule).astype(str)
+        self.geometry = self.molecule.copy() if self.geometry is None else np.asarray(self.geometry).astype(str)
+        for k in range(c):
+            a = len(self.numbers[k])
+            if self.positions[k].shape != (a, 3):
+                raise InputError(f"state {k}: positions {self.positions[k].shape} for {a} atoms")
+            if self.forces is not None and self.forces[k].shape != (a, 3):
+                raise InputError(f"state {k}: forces {self.forces[k].shape} for {a} atoms")
+            for name in ("q_alpha", "q_beta"):
+                v = getattr(self, name)
+                if v is not None and v[k].shape != (a,):
+                    raise InputError(f"state {k}: {name} {v[k].shape} for {a} atoms")
+        if not np.all(np.isfinite(self.energy)):
+            raise InputError("energies contain NaN or inf")
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def has_charges(self) -> bool:
+        return self.q_alpha is not None and self.q_beta is not None
+
+    def subset(self, idx) -> ChargeSet:
+        idx = np.asarray(idx, np.int64)
+
+        def pick(v):
+            return None if v is None else [v[i] for i in idx]
+
+        return ChargeSet(pick(self.numbers), pick(self.positions), self.charge[idx], self.multiplicity[idx],
+                         self.energy[idx], pick(self.forces), pick(self.q_alpha), pick(self.q_beta),
+                         self.molecule[idx], self.geometry[idx])
+
+    def split_by_molecule(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[ChargeSet]:
+        """Parts with disjoint molecules (shuffled by ``seed``), sizes by molecule count."""
+        mols = np.unique(self.molecule)
+        order = np.random.default_rng(seed).permutation(len(mols))
+        cuts = np.round(np.cumsum(fractions) / np.sum(fractions) * len(mols)).astype(int)
+        parts, start = [], 0
+        for c in cuts:
+            names = set(mols[order[start:c]].tolist())
+            parts.append(self.subset(np.flatnonzero([m in names for m in self.molecule])))
+            start = c
+        return parts
+
+
+def read_charge_h5(path, energy_key: str | None = None) -> ChargeSet:
+    """Read a charge/spin data set written in the layout of ``tests/data/charge_labels``.
+
+    One HDF5 group per molecule (attr ``molecule`` optional) holding ``atomic_numbers [A]``,
+    ``coordinates [G, A, 3]`` Å and, per state, a subgroup or datasets keyed by charge and
+    multiplicity; see :func:`_states_of_group`. Energies in the file's unit (attr ``units``;
+    Hartree by default) are converted to eV, forces to eV/Å, charges are e. States with NaN
+    energies (not computed yet) are dropped.
+    """
+    import h5py
+
+    recs = {k: [] for k in ("numbers", "positions", "charge", "multiplicity", "energy", "forces", "q_alpha",
+                            "q_beta", "molecule", "geometry")}
+    with h5py.File(path, "r") as f:
+        for name in f:
+            g = f[name]
+            if not isinstance(g, h5py.Group):
+                continue
+            for st in _states_of_group(g, name, energy_key):
+                for k, v in st.items():
+                    recs[k].append(v)
+    if not recs["numbers"]:
+        raise InputError(f"{path}: no labelled states found")
+    has_f = all(x is not None for x in recs["forces"])
+    has_q = all(x is not None for x in recs["q_alpha"]) and all(x is not None for x in recs["q_beta"])
+    return ChargeSet(recs["numbers"], recs["positions"], recs["charge"], recs["multiplicity"], recs["energy"],
+                     recs["forces"] if has_f else None, recs["q_alpha"] if has_q else None,
+                     recs["q_beta"] if has_q else None, np.asarray(recs["molecule"]), np.asarray(recs["geometry"]))
+
+
+def read_charge_extxyz(path) -> ChargeSet:
+    """Read states from an extended XYZ file (any file ASE reads): per frame
+    ``info["charge"]``, ``info["multiplicity"]`` (default: the lowest that fits),
+    ``info["energy"]`` (eV), optional ``info["molecule"]`` and ``info["geometry"]``, and arrays
+    ``forces`` (eV/Å), ``q_alpha``, ``q_beta`` (e). :func:`write_charge_extxyz` writes it."""
+    from ase.io import read
+
+    from ..physics.cdft import lowest_multiplicity
+
+    frames = read(str(path), index=":")
+    if not frames:
+        raise InputError(f"{path}: no frames")
+    recs = []
+    for k, a in enumerate(frames):
+        if "energy" not in a.info:
+            raise InputError(f"{path} frame {k}: no info['energy'] (eV)")
+        z = a.get_atomic_numbers()
+        q = int(a.info.get("charge", 0))
+        m = int(a.info.get("multiplicity", lowest_multiplicity(z, q)))
+        recs.append((z, a.get_positions(), q, m, float(a.info["energy"]), a.arrays.get("forces"),
+                     a.arrays.get("q_alpha"), a.arrays.get("q_beta"), str(a.info.get("molecule", a.get_chemical_formula())),
+                     str(a.info.get("geometry", f"{a.info.get('molecule', a.get_chemical_formula())}/{k}"))))
+    cols = list(zip(*recs))
+    opt = [None if any(x is None for x in cols[i]) else list(cols[i]) for i in (5, 6, 7)]
+    return ChargeSet(list(cols[0]), list(cols[1]), cols[2], cols[3], cols[4], opt[0], opt[1], opt[2],
+                     np.asarray(cols[8]), np.asarray(cols[9]))
+
+
+def write_charge_extxyz(path, cs: ChargeSet) -> None:
+    """Write a :class:`ChargeSet` as extended XYZ (atomically; read back by :func:`read_charge_extxyz`)."""
+    from ase import Atoms
+    from ase.io import write
+
+    frames = []
+    for k in range(len(cs)):
+        a = Atoms(numbers=cs.numbers[k], positions=cs.positions[k])
+        a.info.update(charge=int(cs.charge[k]), multiplicity=int(cs.multiplicity[k]), energy=float(cs.energy[k]),
+                      molecule=str(cs.molecule[k]), geometry=str(cs.geometry[k]))
+        if cs.forces is not None:
+            a.arrays["forces"] = cs.forces[k]
+        if cs.has_charges:
+            a.arrays["q_alpha"], a.arrays["q_beta"] = cs.q_alpha[k], cs.q_beta[k]
+        frames.append(a)
+    buf = io.StringIO()
+    write(buf, frames, format="extxyz")
+    ckpt.write_text_atomic(path, buf.getvalue())
+
+
+def read_charge_data(path) -> ChargeSet:
+    """:func:`read_charge_h5` for ``.h5``/``.hdf5`` files, else :func:`read_charge_extxyz`."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    if str(path).lower().endswith((".h5", ".hdf5")):
+        return read_charge_h5(path)
+    return read_charge_extxyz(path)
+
+
+def _unit_factor(ds, default: str) -> float:
+    u = ds.attrs.get("units", default)
+    u = u.decode() if isinstance(u, bytes) else str(u)
+    u = u.lower().replace("angstrom", "a").replace("å", "a").replace(" ", "")
+    if u in ("hartree", "ha", "hartree/a", "ha/a"):
+        return HARTREE_TO_EV
+    if u in ("ev", "ev/a"):
+        return 1.0
+    raise InputError(f"{ds.name}: unknown units {u!r}")
+
+
+def _states_of_group(g, name: str, energy_key: str | None):
+    """Yield state records from one molecule group (layout set by the data-set recipe)."""
+    raise NotImplementedError  # replaced once the data layout is fixed (see charge_data.md)
+
+
+# ------------------------------------------------------------------------------ padding
+@dataclasses.dataclass
+class Padded:
+    """A :class:`ChargeSet` padded to one shape ``[C, N, ...]`` (NumPy; see :func:`pad_set`)."""
+
+    R: np.ndarray           # [C, N, 3] Å
+    species: np.ndarray     # [C, N] int32
+    neighbors: np.ndarray   # [C, N, K] int32, sentinel N
+    atom_mask: np.ndarray   # [C, N] bool
+    charge: np.ndarray      # [C] int32
+    multiplicity: np.ndarray  # [C] int32
+    state: np.ndarray       # [C] int32 index into charge_states
+    num_atoms: np.ndarray   # [C] int32
+    E: np.ndarray           # [C] eV, self energies subtracted
+    F: np.ndarray           # [C, N, 3] eV/Å (0 without forces)
+    qa: np.ndarray          # [C, N] e
+    qb: np.ndarray          # [C, N] e
+
+    def take(self, idx) -> dict:
+        return {k: v[idx] for k, v in dataclasses.asdict(self).items()}
+
+
+def element_counts(numbers: list, elements) -> np.ndarray:
+    """``[C, S]`` count of each element of ``elements`` per structure."""
+    pos = {z: s for s, z in enumerate(elements)}
+    out = np.zeros((len(numbers), len(elements)))
+    for k, z in enumerate(numbers):
+        for x in z:
+            out[k, pos[int(x)]] += 1
+    return out
+
+
+def fit_self_energies(cs: ChargeSet, elements, charge_states) -> tuple[np.ndarray, np.ndarray]:
+    """``(sae [S] eV, state_shift [len(charge_states)] eV)``: least squares of
+    ``E ~ counts . sae + c_Q`` over the states of ``cs`` with ``c_0 = 0`` (see the module
+    docstring for why a per-charge-state offset)."""
+    X = element_counts(cs.numbers, elements)
+    others = [q for q in charge_states if q != 0]
+    onehot = np.stack([(cs.charge == q).astype(float) for q in others], axis=1) if others else np.zeros((len(cs), 0))
+    A = np.concatenate([X, onehot], axis=1)
+    keep = np.flatnonzero(A.any(axis=0))
+    coef = np.zeros(A.shape[1])
+    coef[keep] = np.linalg.lstsq(A[:, keep], cs.energy, rcond=None)[0]
+    shift = np.zeros(len(charge_states))
+    for c, q in zip(coef[len(elements):], others):
+        shift[list(charge_states).index(q)] = c
+    return coef[:len(elements)], shift
+
+
+def reference_energy(numbers: list, charge, elements, charge_states, sae, state_shift) -> np.ndarray:
+    """``[C]`` eV: ``counts . sae + c_Q`` (float64)."""
+    idx = np.asarray([list(charge_states).index(int(q)) for q in np.atleast_1d(charge)])
+    return element_counts(numbers, elements) @ np.asarray(sae) + np.asarray(state_shift)[idx]
+
+
+def pad_structure(numbers, positions, cfg: AIMNetConfig, n_slots: int, k_slots: int | None = None):
+    """``(R [N,3], species [N], neighbors [N,K], mask [N])`` of one structure (NumPy).
+    ``k_slots`` None: ``bucket`` of the largest neighbor count."""
+    z = np.asarray(numbers)
+    a = len(z)
+    i, j, _ = neighbor_pairs(np.asarray(positions, np.float64), cfg.radial_cutoff)
+    nb = dense_from_pairs(i, j, n_slots, k_slots)
+    R = np.zeros((n_slots, 3))
+    R[:a] = positions
+    species = np.zeros(n_slots, np.int32)
+    species[:a] = [cfg.elements.index(int(x)) for x in z]
+    return R, species, nb, np.arange(n_slots) < a
+
+
+def max_neighbors(cs: ChargeSet, cutoff: float) -> int:
+    out = 0
+    for r in cs.positions:
+        i, _, _ = neighbor_pairs(r, cutoff)
+        if len(i):
+            out = max(out, int(np.bincount(i).max()))
+    return out
+
+
+def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | None = None,
+            k_slots: int | None = None) -> Padded:
+    """Pad every state of ``cs`` to ``[N, K]`` (default: buckets of the largest) and subtract
+    the self energies. Checks elements, charges and multiplicities (:func:`check_state`)."""
+    for k in range(len(cs)):
+        try:
+            check_state(cfg, cs.numbers[k], int(cs.charge[k]), int(cs.multiplicity[k]))
+        except InputError as exc:
+            raise InputError(f"state {k} ({cs.molecule[k]}): {exc}") from None
+    n_slots = n_slots or bucket(max(len(z) for z in cs.numbers))
+    k_slots = k_slots or bucket(max(max_neighbors(cs, cfg.radial_cutoff), 1))
+    c = len(cs)
+    R = np.zeros((c, n_slots, 3))
+    species = np.zeros((c, n_slots), np.int32)
+    nb = np.zeros((c, n_slots, k_slots), np.int32)
+    mask = np.zeros((c, n_slots), bool)
+    F = np.zeros((c, n_slots, 3))
+    qa = np.zeros((c, n_slots))
+    qb = np.zeros((c, n_slots))
+    for k in range(c):
+        a = len(cs.numbers[k])
+        R[k], species[k], nb[k], mask[k] = pad_structure(cs.numbers[k], cs.positions[k], cfg, n_slots, k_slots)
+        if cs.forces is not None:
+            F[k, :a] = cs.forces[k]
+        if cs.has_charges:
+            qa[k, :a], qb[k, :a] = cs.q_alpha[k], cs.q_beta[k]
+    E = cs.energy - reference_energy(cs.numbers, cs.charge, cfg.elements, cfg.charge_states, sae, state_shift)
+    state = np.asarray([cfg.charge_states.index(int(q)) for q in cs.charge], np.int32)
+    return Padded(R, species, nb, mask, cs.charge.astype(np.int32), cs.multiplicity.astype(np.int32), state,
+                  np.asarray([len(z) for z in cs.numbers], np.int32), E, F, qa, qb)
+
+
+# --------------------------------------------------------------------------------- loss
+@dataclasses.dataclass
+class MEConfig:
+    """Settings of an AIMNet-ME run (plain data; saved in checkpoints and model folders).
+
+    Attributes:
+      model: the :class:`AIMNetConfig` as a dict (None: defaults with ``elements``).
+      elements: atomic numbers the model covers (used when ``model`` is None).
+      epochs, batch_size, seed, lr, weight_decay: AdamW (via :func:`phai.train.make_optimizer`).
+      final_lr_fraction: cosine schedule end (``lr * final_lr_fraction``).
+      energy_weight (1/eV²·atom), charge_weight ``w_q`` (1/e²), force_weight ``w_F`` (Å²/eV²):
+        loss weights; forces enter only if the data have them and ``force_weight > 0``.
+      valid_fraction: held-out molecules when no validation set is given.
+      name: stored in the model folder.
+    """
+
+    model: dict | None = None
+    elements: tuple = (1, 6, 7, 8)
+    epochs: int = 100
+    batch_size: int = 32
+    seed: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    final_lr_fraction: float = 0.02
+    energy_weight: float = 1.0
+    charge_weight: float = 10.0
+    force_weight: float = 0.1
+    valid_fraction: float = 0.1
+    name: str = "aimnet-me"
+
+    def aimnet_config(self) -> AIMNetConfig:
+        d = dict(self.model or {"elements": tuple(self.elements)})
+        return AIMNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"] = config_to_json(self.aimnet_config())
+        d["elements"] = list(self.elements)
+        return d
+
+
+def config_to_json(cfg: AIMNetConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_json(d: dict) -> AIMNetConfig:
+    return AIMNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge_weight: float,
+                 force_weight: float, use_forces: bool, use_charges: bool):
+    """``loss(params, batch) -> (total, aux)``; ``batch`` is :meth:`Padded.take` plus ``mol_mask [B]``.
+
+    ``aux``: sums over the batch's real molecules of squared/absolute energy errors (eV),
+    squared charge errors (e², per atom), squared force errors; per-state energy sums and
+    counts (``[num_states]``)."""
+
+    def one(params, R, species, nb, mask, Q, M):
+        def energy(r):
+            out = model.apply(params, r, species, nb, mask, Q, M)
+            return out["energy"], out
+
+        if use_forces:
+            (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
+            return e, out["charges_alpha"], out["charges_beta"], -g
+        e, out = energy(R)
+        return e, out["charges_alpha"], out["charges_beta"], jnp.zeros_like(R)
+
+    def loss(params, b):
+        e, qa, qb, f = jax.vmap(one, (None, 0, 0, 0, 0, 0, 0))(params, b["R"], b["species"], b["neighbors"],
+                                                                b["atom_mask"], b["charge"], b["multiplicity"])
+        mm = b["mol_mask"].astype(e.dtype)
+        am = b["atom_mask"].astype(e.dtype)
+        n = jnp.maximum(b["num_atoms"].astype(e.dtype), 1.0)
+        de = (e - b["E"]) * mm
+        sq_q = jnp.sum(((qa - b["qa"]) ** 2 + (qb - b["qb"]) ** 2) * am, axis=1) * mm
+        sq_f = jnp.sum(jnp.sum((f - b["F"]) ** 2, axis=-1) * am, axis=1) * mm
+        per_mol = energy_weight * de * de / n
+        if use_charges:
+            per_mol = per_mol + charge_weight * sq_q / n
+        if use_forces:
+            per_mol = per_mol + force_weight * sq_f / (3.0 * n)
+        onehot = jax.nn.one_hot(b["state"], num_states, dtype=e.dtype) * mm[:, None]   # [B, S]
+        counts = jnp.sum(onehot, axis=0)
+        per_state = jnp.sum(onehot * per_mol[:, None], axis=0) / jnp.maximum(counts, 1.0)
+        present = (counts > 0).astype(e.dtype)
+        total = jnp.sum(per_state * present) / jnp.maximum(jnp.sum(present), 1.0)
+        aux = {"e_sq": jnp.sum(de * de), "e_abs": jnp.sum(jnp.abs(de)), "q_sq": jnp.sum(sq_q),
+               "f_sq": jnp.sum(sq_f), "count": jnp.sum(mm), "atoms": jnp.sum(am * mm[:, None]),
+               "state_sq": jnp.sum(onehot * (de * de)[:, None], axis=0), "state_count": counts}
+        return total, aux
+
+    return loss
+
+
+def predict_fn(model: AIMNet):
+    """Jitted ``(params, R, species, nb, mask, Q, M) -> (energy, forces, q_alpha, q_beta)`` over a
+    leading batch axis (network energies, eV; self energies not included)."""
+
+    def one(params, R, species, nb, mask, Q, M):
+        def energy(r):
+            out = model.apply(params, r, species, nb, mask, Q, M)
+            return out["energy"], out
+
+        (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
+        return e, -g, out["charges_alpha"], out["charges_beta"]
+
+    return jax.jit(jax.vmap(one, (None, 0, 0, 0, 0, 0, 0)))
+
+
+# ------------------------------------------------------------------------------ trainer
+def flatten_flax(params, prefix: str = "") -> dict[str, np.ndarray]:
+    """Flax params -> ``{prefix + "params/embed/Dense_0/kernel": array}``."""
+    return {prefix + k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def unflatten_flax(arrays: dict, prefix: str = "") -> dict:
+    flat = {k[len(prefix):]: jnp.asarray(v) for k, v in arrays.items() if k.startswith(prefix + "params/")}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _batch_plan(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+
+
+def _pad_index(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    mask = np.zeros(size, bool)
+    mask[:len(idx)] = True
+    out = np.zeros(size, np.int64)
+    out[:len(idx)] = idx
+    if len(idx):
+        out[len(idx):] = idx[0]
+    return out, mask
+
+
+class AIMNetMETrainer:
+    """Fits an AIMNet-ME model to a :class:`ChargeSet` (see the module docstring).
+
+    Args:
+      config: :class:`MEConfig`.
+      train, valid: :class:`ChargeSet`; ``valid`` None holds out ``valid_fraction`` of the
+        training molecules.
+      out_dir: output folder (model files, ``checkpoint/``, metrics), or None (in memory).
+      resume: continue from ``out_dir/checkpoint`` if it exists.
+    """
+
+    def __init__(self, config: MEConfig, train: ChargeSet, valid: ChargeSet | None = None, out_dir=None,
+                 resume: bool = True):
+        from .trainer import TrainConfig, make_optimizer
+
+        self.config = config
+        self.cfg = config.aimnet_config()
+        if not self.cfg.charge_spin:
+            raise InputError("AIMNet-ME training needs charge_spin=True")
+        if valid is None and config.valid_fraction > 0:
+            train, valid = train.split_by_molecule((1 - config.valid_fraction, config.valid_fraction), config.seed)
+        if len(train) == 0:
+            raise InputError("no training states")
+        self.train_set, self.valid_set = train, (valid if valid is not None and len(valid) else None)
+        self.sae, self.state_shift = fit_self_energies(train, self.cfg.elements, self.cfg.charge_states)
+        sets = [train] + ([self.valid_set] if self.valid_set is not None else [])
+        n_slots = bucket(max(len(z) for s in sets for z in s.numbers))
+        k_slots = bucket(max(max(max_neighbors(s, self.cfg.radial_cutoff) for s in sets), 1))
+        self.shape = (n_slots, k_slots)
+        self.train_pad = pad_set(train, self.cfg, self.sae, self.state_shift, n_slots, k_slots)
+        self.valid_pad = (pad_set(self.valid_set, self.cfg, self.sae, self.state_shift, n_slots, k_slots)
+                          if self.valid_set is not None else None)
+        self.use_forces = train.forces is not None and config.force_weight > 0
+        self.use_charges = train.has_charges and config.charge_weight > 0
+        self.model = AIMNet(self.cfg)
+        self.dtype = jnp.float32
+        """Working dtype of the batches (float32; float64 inside ``jax.enable_x64`` for checks)."""
+        self.batch_size = min(config.batch_size, len(train))
+        tp = self.train_pad
+        self.params = self.model.init(jax.random.PRNGKey(config.seed), jnp.asarray(tp.R[0], jnp.float32),
+                                      jnp.asarray(tp.species[0]), jnp.asarray(tp.neighbors[0]),
+                                      jnp.asarray(tp.atom_mask[0]), 0, 1)
+        self.tx = make_optimizer(TrainConfig(lr=config.lr, weight_decay=config.weight_decay, optimizer="adamw",
+                                             members=1), self.params)
+        self.opt_state = self.tx.init(self.params)
+        self.best_params = self.params
+        self.best_loss = math.inf
+        self.epoch = 0
+        self.step_count = 0
+        self.history: list[dict] = []
+        self.loss_fn = make_loss_fn(self.model, len(self.cfg.charge_states), energy_weight=config.energy_weight,
+                                    charge_weight=config.charge_weight, force_weight=config.force_weight,
+                                    use_forces=self.use_forces, use_charges=self.use_charges)
+        self._step = jax.jit(self._step_impl)
+        self._eval = jax.jit(self.loss_fn)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if resume and (self.out_dir / "checkpoint" / "config.json").is_file():
+                self.restore(self.out_dir / "checkpoint")
+
+    # -- steps
+    def _step_impl(self, params, opt_state, batch):
+        import optax
+
+        (_, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, aux
+
+    def batch(self, pad: Padded, idx) -> dict:
+        idx, mask = _pad_index(np.asarray(idx), self.batch_size)
+        b = pad.take(idx)
+        b = {k: jnp.asarray(v, self.dtype) if np.asarray(v).dtype == np.float64 else jnp.asarray(v)
+             for k, v in b.items()}
+        b["mol_mask"] = jnp.asarray(mask)
+        return b
+
+    def learning_rate(self, epoch: int) -> float:
+        c = self.config
+        t = min(epoch / max(c.epochs, 1), 1.0)
+        return c.lr * (c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def evaluate(self, pad: Padded, params=None) -> dict:
+        """Loss and errors over a padded set: ``loss``, ``energy_rmse``/``energy_mae`` (kcal/mol),
+        ``charge_rmse`` (e, per spin-resolved atomic charge), ``force_rmse`` (eV/Å),
+        ``energy_rmse_q{Q}`` per charge state."""
+        params = self.params if params is None else params
+        tot = {}
+        loss_sum, nb = 0.0, 0
+        for s in range(0, len(pad.E), self.batch_size):
+            idx = np.arange(s, min(s + self.batch_size, len(pad.E)))
+            loss, aux = self._eval(params, self.batch(pad, idx))
+            loss_sum += float(loss) * len(idx)
+            nb += len(idx)
+            for k, v in aux.items():
+                tot[k] = tot.get(k, 0.0) + np.asarray(v, np.float64)
+        n = tot["count"]
+        out = {"loss": loss_sum / nb, "energy_rmse": float(np.sqrt(tot["e_sq"] / n)) * EV_TO_KCALMOL,
+               "energy_mae": float(tot["e_abs"] / n) * EV_TO_KCALMOL,
+               "charge_rmse": float(np.sqrt(tot["q_sq"] / (2 * tot["atoms"]))),
+               "force_rmse": float(np.sqrt(tot["f_sq"] / (3 * tot["atoms"])))}
+        for q, sq, c in zip(self.cfg.charge_states, tot["state_sq"], tot["state_count"]):
+            if c > 0:
+                out[f"energy_rmse_q{q:+d}"] = float(np.sqrt(sq / c)) * EV_TO_KCALMOL
+        return out
+
+    def fit(self, callback=None) -> list[dict]:
+        """Train to ``config.epochs`` (from the restored epoch); returns the history."""
+        c = self.config
+        while self.epoch < c.epochs:
+            t0 = time.perf_counter()
+            lr = self.learning_rate(self.epoch)
+            self.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+            sums, count = 0.0, 0
+            for idx in _batch_plan(len(self.train_pad.E), self.batch_size, c.seed, self.epoch):
+                self.params, self.opt_state, aux = self._step(self.params, self.opt_state,
+                                                              self.batch(self.train_pad, idx))
+                sums += float(aux["e_sq"])
+                count += len(idx)
+                self.step_count += 1
+            row = {"epoch": self.epoch + 1, "step": self.step_count, "lr": lr,
+                   "train_energy_rmse_running": float(np.sqrt(sums / count)) * EV_TO_KCALMOL}
+            tr = self.evaluate(self.train_pad)
+            row.update({f"train_{k}": v for k, v in tr.items()})
+            if self.valid_pad is not None:
+                va = self.evaluate(self.valid_pad)
+                row.update({f"val_{k}": v for k, v in va.items()})
+                score = va["loss"]
+            else:
+                score = tr["loss"]
+            if score < self.best_loss:
+                self.best_loss, self.best_params = score, self.params
+                row["best"] = True
+            row["seconds"] = time.perf_counter() - t0
+            self.history.append(row)
+            self.epoch += 1
+            if self.out_dir is not None:
+                self.save_checkpoint()
+                self.write_logs()
+            if callback is not None:
+                callback(row)
+        if self.out_dir is not None:
+            self.save_model(self.out_dir)
+        return self.history
+
+    # -- persistence
+    def model_arrays(self, best: bool = True) -> dict:
+        arrays = flatten_flax(self.best_params if best else self.params)
+        arrays["sae"] = np.asarray(self.sae, np.float64)
+        arrays["state_shift"] = np.asarray(self.state_shift, np.float64)
+        return arrays
+
+    def model_config(self) -> dict:
+        return {"kind": KIND, "name": self.config.name,
+                "description": f"AIMNet-ME trained by phai ({len(self.train_set)} states)",
+                "aimnet": config_to_json(self.cfg), "energy_unit": "eV"}
+
+    def save_model(self, folder, best: bool = True) -> Path:
+        """Write the model files (``phai.load(folder)`` loads them)."""
+        return ckpt.write_model_files(folder, self.model_arrays(best), self.model_config())
+
+    def save_checkpoint(self) -> Path:
+        arrays = flatten_flax(self.params)
+        arrays.update(flatten_flax(self.best_params, "best/"))
+        arrays.update(ckpt.flatten_tree(self.opt_state, "opt/"))
+        arrays["sae"] = np.asarray(self.sae, np.float64)
+        arrays["state_shift"] = np.asarray(self.state_shift, np.float64)
+        training = {"epoch": self.epoch, "step": self.step_count, "best_loss": self.best_loss,
+                    "history": self.history, "config": self.config.to_json(), "shape": list(self.shape)}
+        return ckpt.write_checkpoint(self.out_dir / "checkpoint", arrays, self.model_config(), training)
+
+    def restore(self, folder) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint`."""
+        arrays, cfg = ckpt.read_checkpoint(folder)
+        tr = cfg["training"]
+        if tr["config"] != self.config.to_json():
+            raise InputError(f"{folder}: the checkpoint was written with other settings; use a new output folder")
+        self.params = unflatten_flax(arrays)
+        self.best_params = unflatten_flax(arrays, "best/")
+        self.opt_state = ckpt.unflatten_tree(self.opt_state, arrays, "opt/")
+        self.sae, self.state_shift = arrays["sae"], arrays["state_shift"]
+        self.epoch, self.step_count = int(tr["epoch"]), int(tr["step"])
+        self.best_loss, self.history = float(tr["best_loss"]), list(tr["history"])
+
+    def write_logs(self) -> None:
+        ckpt.write_text_atomic(self.out_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        keys = sorted({k for h in self.history for k in h})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        ckpt.write_text_atomic(self.out_dir / "metrics.csv", buf.getvalue())
+
+    def potential(self, best: bool = True):
+        from ..models.aimnet_me import AIMNetMEPotential
+
+        return AIMNetMEPotential(self.model_arrays(best), self.model_config())
+
+
+def train_aimnet_me(config: MEConfig, train: ChargeSet, valid: ChargeSet | None = None, out_dir=None,
+                    callback=None) -> AIMNetMETrainer:
+    """Build an :class:`AIMNetMETrainer`, fit it and return it."""
+    t = AIMNetMETrainer(config, train, valid, out_dir)
+    t.fit(callback)
+    return t

@@ -1,0 +1,205 @@
+"""AIMNet-ME training (phai.train.aimnet_me) on a tiny set labelled here with PySCF UKS.
+
+The oracle is real: UKS/STO-3G (PBE) energies, analytic forces and Mulliken spin populations
+of H2O, NH3 and CH4 geometries at charges -1, 0, +1 (lowest multiplicity), a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import phai
+from phai.train import aimnet_me as me
+from phai.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+
+MOLECULES = {
+    "water": ([8, 1, 1], [[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]),
+    "ammonia": ([7, 1, 1, 1], [[0.0, 0.0, 0.0], [1.01, 0.0, 0.0], [-0.34, 0.95, 0.0], [-0.34, -0.3, 0.9]]),
+    "methane": ([6, 1, 1, 1, 1], [[0.0, 0.0, 0.0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
+                                  [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]]),
+}
+SMALL = {"elements": [1, 6, 7, 8], "nfeature": 8, "radial_shifts": list(np.linspace(0.8, 4.4, 8)),
+         "angular_shifts": [0.9, 1.9], "theta_shifts": list((np.arange(4) + 0.5) * np.pi / 4),
+         "pair_hidden": [8], "embed_hidden": [32], "update_hidden": [16], "interact_hidden": [32],
+         "aim_size": 16, "head_hidden": [16], "npass": 2}
+
+
+def uks_label(numbers, positions, charge, multiplicity):
+    """PySCF UKS/STO-3G (PBE): energy (eV), forces (eV/Å), q^alpha_i = Z_i/2 - n^alpha_i (Mulliken)."""
+    from pyscf import dft, gto
+
+    mol = gto.M(atom=[(int(z), tuple(r)) for z, r in zip(numbers, positions)], unit="Angstrom", basis="sto-3g",
+                charge=charge, spin=multiplicity - 1, verbose=0)
+    mf = dft.UKS(mol)
+    mf.xc = "pbe"
+    mf.conv_tol = 1e-9
+    e = mf.kernel()
+    assert mf.converged
+    g = mf.nuc_grad_method().kernel()
+    s = mf.get_ovlp()
+    da, db = mf.make_rdm1()
+    pa = np.zeros(mol.natm)
+    pb = np.zeros(mol.natm)
+    atom_of_ao = [lab[0] for lab in mol.ao_labels(fmt=False)]
+    np.add.at(pa, atom_of_ao, np.einsum("ij,ji->i", da, s))
+    np.add.at(pb, atom_of_ao, np.einsum("ij,ji->i", db, s))
+    z = np.asarray(numbers, float)
+    return e * HARTREE_TO_EV, -g * HARTREE_TO_EV / BOHR_TO_ANGSTROM, z / 2 - pa, z / 2 - pb
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    rng = np.random.default_rng(0)
+    recs = []
+    for name, (z, r) in MOLECULES.items():
+        for g in range(2):
+            pos = np.asarray(r) + (0.05 * rng.normal(size=(len(z), 3)) if g else 0.0)
+            for q in (1, 0, -1):
+                m = 1 + (sum(z) - q) % 2
+                e, f, qa, qb = uks_label(z, pos, q, m)
+                recs.append((z, pos, q, m, e, f, qa, qb, name, f"{name}/{g}"))
+    cols = list(zip(*recs))
+    return me.ChargeSet(list(cols[0]), list(cols[1]), cols[2], cols[3], cols[4], list(cols[5]), list(cols[6]),
+                        list(cols[7]), np.asarray(cols[8]), np.asarray(cols[9]))
+
+
+def test_labels_follow_the_spin_convention(dataset):
+    # Mulliken populations are exact partitions: sum q^alpha = (Q - M + 1)/2, sum q^beta = (Q + M - 1)/2
+    for k in range(len(dataset)):
+        q, m = dataset.charge[k], dataset.multiplicity[k]
+        assert abs(dataset.q_alpha[k].sum() - (q - m + 1) / 2) < 1e-6
+        assert abs(dataset.q_beta[k].sum() - (q + m - 1) / 2) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("me") / "run"
+    cfg = me.MEConfig(model=SMALL, epochs=40, batch_size=6, lr=3e-3, valid_fraction=0.0, force_weight=0.0)
+    t = me.AIMNetMETrainer(cfg, dataset, None, out)
+    first = t.evaluate(t.train_pad)["loss"]
+    t.fit()
+    return t, out, first
+
+
+def test_self_energies_per_charge_state(dataset):
+    sae, shift = me.fit_self_energies(dataset, (1, 6, 7, 8), (-1, 0, 1))
+    # the cation offset is an average ionisation energy (~10+ eV in STO-3G), the anion's below the neutral's
+    assert shift[1] == 0.0 and shift[2] > 5.0 and shift[0] > shift[2] - 20
+    resid = dataset.energy - me.reference_energy(dataset.numbers, dataset.charge, (1, 6, 7, 8), (-1, 0, 1), sae, shift)
+    assert np.sqrt(np.mean(resid ** 2)) < np.std(dataset.energy)
+
+
+def test_loss_decreases_and_charges_sum(trained, dataset):
+    t, _, first = trained
+    last = t.evaluate(t.train_pad)["loss"]
+    assert last < 0.5 * first, (first, last)
+    pot = t.potential()
+    for k in range(0, len(dataset), 5):
+        r = pot(dataset.numbers[k], dataset.positions[k], charge=int(dataset.charge[k]),
+                multiplicity=int(dataset.multiplicity[k]))
+        qa, qb = (dataset.charge[k] - dataset.multiplicity[k] + 1) / 2, (dataset.charge[k] + dataset.multiplicity[k] - 1) / 2
+        assert abs(r.charges.sum() - dataset.charge[k]) < 1e-5      # float32 sums of O(1) numbers
+        assert abs(r.charges_alpha.sum() - qa) < 1e-5 and abs(r.charges_beta.sum() - qb) < 1e-5
+
+
+def test_charges_sum_exactly_in_float64(trained):
+    _, out, _ = trained
+    pot = phai.load(str(out), precision="float64")
+    z, r = MOLECULES["ammonia"]
+    for q in (-1, 0, 1):
+        res = pot(z, r, charge=q)
+        assert abs(res.charges.sum() - q) < 1e-12
+
+
+def test_cation_differs_from_neutral_and_follows_dft(trained, dataset):
+    t, _, _ = trained
+    pot = t.potential()
+    k0 = next(k for k in range(len(dataset)) if dataset.charge[k] == 0)
+    kp = next(k for k in range(len(dataset)) if dataset.charge[k] == 1 and dataset.geometry[k] == dataset.geometry[k0])
+    e0 = pot(dataset.numbers[k0], dataset.positions[k0], charge=0).energy
+    ep = pot(dataset.numbers[kp], dataset.positions[kp], charge=1).energy
+    ip_dft = dataset.energy[kp] - dataset.energy[k0]
+    assert abs((ep - e0) - ip_dft) < 0.3 * abs(ip_dft), (ep - e0, ip_dft)
+
+
+def test_saved_folder_reloads_identically(trained, dataset):
+    t, out, _ = trained
+    a, b = t.potential(), phai.load(str(out))
+    assert type(b).__name__ == "AIMNetMEPotential"
+    for k in (0, 4, 8):
+        ra = a(dataset.numbers[k], dataset.positions[k], charge=int(dataset.charge[k]))
+        rb = b(dataset.numbers[k], dataset.positions[k], charge=int(dataset.charge[k]))
+        assert ra.energy == rb.energy
+        np.testing.assert_array_equal(ra.charges_alpha, rb.charges_alpha)
+        np.testing.assert_array_equal(ra.forces, rb.forces)
+
+
+def test_resume_continues_exactly(dataset, tmp_path):
+    cfg = me.MEConfig(model=SMALL, epochs=2, batch_size=6, lr=3e-3, valid_fraction=0.0, force_weight=0.0)
+    full = me.AIMNetMETrainer(cfg, dataset, None, None)
+    full.fit()
+
+    def kill(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):   # killed after the first epoch's checkpoint
+        me.AIMNetMETrainer(cfg, dataset, None, tmp_path / "r").fit(kill)
+    resumed = me.AIMNetMETrainer(cfg, dataset, None, tmp_path / "r")
+    assert resumed.epoch == 1
+    resumed.fit()
+    for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_cdft_command_runs(trained, tmp_path, capsys):
+    from ase import Atoms
+
+    from phai.cli import main
+
+    _, out, _ = trained
+    z, r = MOLECULES["water"]
+    path = tmp_path / "w.xyz"
+    Atoms(numbers=z, positions=r).write(path)
+    assert main(["cdft", str(path), "--model", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["charges_of_states"] == [1, 0, -1]
+    assert np.isclose(row["chi"], (row["ip"] + row["ea"]) / 2)
+    assert np.isclose(row["ip"], row["energies"][0] - row["energies"][1])
+    assert abs(sum(row["atomic_charges"][0]) - 1) < 1e-5
+
+
+def test_loss_gradient_matches_finite_differences(dataset):
+    with jax.enable_x64(True):
+        cfg = me.MEConfig(model=SMALL, epochs=1, batch_size=6, valid_fraction=0.0, force_weight=0.1)
+        t = me.AIMNetMETrainer(cfg, dataset, None, None)
+        assert t.use_forces and t.use_charges
+        t.dtype = jnp.float64
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), t.params)
+        batch = t.batch(t.train_pad, np.arange(6))
+        loss = jax.jit(lambda p: t.loss_fn(p, batch)[0])
+        g = jax.grad(loss)(params)
+        for path in (("params", "charge_head", "Dense_0", "kernel"), ("params", "energy_head", "Dense_1", "bias"),
+                     ("params", "afv")):
+            leaf = params
+            gl = g
+            for k in path:
+                leaf, gl = leaf[k], gl[k]
+            idx = tuple(np.unravel_index(int(np.argmax(np.abs(np.asarray(gl)))), leaf.shape))
+            h = 1e-5
+
+            def shifted(d, path=path, idx=idx):
+                p = jax.tree_util.tree_map(lambda x: x, params)
+                node = p
+                for k in path[:-1]:
+                    node[k] = dict(node[k])
+                    node = node[k]
+                node[path[-1]] = node[path[-1]].at[idx].add(d)
+                return float(loss(p))
+
+            fd = (shifted(h) - shifted(-h)) / (2 * h)
+            assert abs(fd - float(gl[idx])) < 1e-6 * max(1.0, abs(fd)), (path, fd, float(gl[idx]))
