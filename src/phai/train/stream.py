@@ -9,7 +9,8 @@ epoch order and checkpoints serve both. What it keeps in memory:
   the energy (eV, float64), the molecule id, and its (group, row) address in the file;
 * never the coordinates or forces of the whole set: :meth:`load` reads the rows of one batch
   (grouped per HDF5 group, rows in increasing order, one fancy-indexed read per group and
-  field), and the opening pass and :meth:`validate` read at most ``chunk`` rows at a time.
+  field, through a file handle kept open and reopened after ``fork``), and the opening pass
+  and :meth:`validate` read at most ``chunk`` rows at a time.
 
 Numbering, conversions and dropped conformations are those of :func:`phai.data.read_ani_h5`
 with the same keys (energies ``energy_key`` Hartree -> eV, forces ``forces_key`` Hartree/Å ->
@@ -26,6 +27,7 @@ per batch).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,6 +68,28 @@ class _Lazy:
         raise TypeError(f"the {self._field} of a StreamedTrainingSet stay in the file: use load(index) on a batch")
 
 
+class _Handle:
+    """The open file and its datasets, shared by a set and its subsets; reopened in a new
+    process (after ``fork``), as h5py handles must not cross processes."""
+
+    def __init__(self, path: Path):
+        self.path, self._pid, self._file, self._datasets = path, None, None, {}
+
+    def datasets(self, name: str, fields: tuple) -> tuple:
+        if self._pid != os.getpid():
+            self._file, self._datasets, self._pid = _open(self.path), {}, os.getpid()
+        key = (name, fields)
+        if key not in self._datasets:
+            grp = self._file[name]
+            self._datasets[key] = tuple(grp[k] for k in fields)
+        return self._datasets[key]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file, self._datasets, self._pid = None, {}, None
+
+
 class StreamedTrainingSet:
     """Labelled conformations of an ANI HDF5 file, read batch by batch.
 
@@ -98,8 +122,9 @@ class StreamedTrainingSet:
             raise InputError("give either delta_from (a stored lower level) or base (a model), not both")
         if _view is not None:  # a subset sharing the file index
             (self._names, self._scales, self._group, self._row, self.numbers, self.energies, self.groups,
-             self._base_energies) = _view
+             self._base_energies, self._handle) = _view
             return
+        self._handle = _Handle(self.path)
         self._index(groups)
         if base is not None:
             from .delta import base_predictions
@@ -199,7 +224,7 @@ class StreamedTrainingSet:
         idx = np.asarray(idx, dtype=np.int64)
         view = (self._names, self._scales, self._group[idx], self._row[idx], [self.numbers[i] for i in idx],
                 self.energies[idx], self.groups[idx],
-                None if self._base_energies is None else self._base_energies[idx])
+                None if self._base_energies is None else self._base_energies[idx], self._handle)
         return StreamedTrainingSet(self.path, self.energy_key, self.forces_key, delta_from=self.delta_from,
                                    base=self.base, chunk=self.chunk, _view=view)
 
@@ -211,23 +236,29 @@ class StreamedTrainingSet:
         pos = [None] * len(index)
         frc = [None] * len(index) if self.forces_key else None
         g_of, r_of = self._group[index], self._row[index]
-        with _open(self.path) as f:
-            for g in np.unique(g_of):
-                at = np.nonzero(g_of == g)[0]
-                rows, inverse = np.unique(r_of[at], return_inverse=True)  # h5py needs increasing rows
-                grp = f[self._names[g]]
-                r = self._read(f, self._names[g], grp["coordinates"], rows)
-                fr = None if frc is None else self._read(f, self._names[g], grp[self.forces_key], rows) * self._scales[g]
-                for k, j in zip(at, inverse):
-                    pos[k] = r[j]
-                    if frc is not None:
-                        frc[k] = fr[j]
+        fields = ("coordinates", self.forces_key) if self.forces_key else ("coordinates",)
+        order = np.argsort(g_of, kind="stable")
+        starts = np.flatnonzero(np.r_[True, g_of[order][1:] != g_of[order][:-1]])
+        for at in np.split(order, starts[1:]):
+            g = int(g_of[at[0]])
+            rows, inverse = np.unique(r_of[at], return_inverse=True)  # h5py needs increasing rows
+            ds = self._handle.datasets(self._names[g], fields)
+            r = self._read(self._handle._file, self._names[g], ds[0], rows)
+            fr = None if frc is None else self._read(self._handle._file, self._names[g], ds[1], rows) * self._scales[g]
+            for k, j in zip(at.tolist(), inverse.tolist()):
+                pos[k] = r[j]
+                if frc is not None:
+                    frc[k] = fr[j]
         ts = TrainingSet([self.numbers[c] for c in index], pos, self.energies[index], frc, self.groups[index])
         if self.base is not None and frc is not None:
             from .delta import base_predictions
 
             ts.forces = [a - b for a, b in zip(frc, base_predictions(self.base, ts, forces=True)[1])]
         return ts
+
+    def close(self) -> None:
+        """Close the file (it is reopened when a batch is read again)."""
+        self._handle.close()
 
     def validate(self, supported: Sequence[int], model: str = "the model") -> None:
         """Check every conformation (elements, shapes, finiteness, overlaps), reading at most
