@@ -5,7 +5,8 @@
 * :mod:`~phai.labels.labellers`: :class:`PySCFLabeller` (ωB97X/6-31G(d) by default, the
   ANI-1x level), :class:`PySCFCCSDTLabeller` (CCSD(T)/cc-pVDZ energies),
   :class:`TBLiteLabeller` (GFN2-xTB); ``label(numbers, positions Å, charge, multiplicity)``
-  -> ``{"energy": eV, "forces": eV/Å, ...}``.
+  -> ``{"energy": eV, "forces": eV/Å, ...}``; :class:`PySCFUKSLabeller` (unrestricted,
+  any charge/multiplicity, with meta-Löwdin α/β atomic populations).
 * :mod:`~phai.labels.store`: :func:`label_many` (parallel processes, one durable file per
   label, resumes without recomputing), :func:`export_ani_h5` (ANI-1x HDF5 layout).
 
@@ -18,6 +19,7 @@ from .labellers import (
     Labeller,
     PySCFCCSDTLabeller,
     PySCFLabeller,
+    PySCFUKSLabeller,
     TBLiteLabeller,
     check_electrons,
     labeller_from_level,
@@ -33,7 +35,7 @@ from .store import (
 )
 
 __all__ = [
-    "Conformer", "LabelFailed", "Labeller", "PySCFCCSDTLabeller", "PySCFLabeller", "TBLiteLabeller",
+    "Conformer", "LabelFailed", "Labeller", "PySCFCCSDTLabeller", "PySCFLabeller", "PySCFUKSLabeller", "TBLiteLabeller",
     "check_electrons", "collect", "export_ani_h5", "label_key", "label_many", "labeller_from_level",
     "level_prefix", "load_records", "nms_sample", "sample_conformers", "summary",
 ]

@@ -21,6 +21,10 @@ A charge/multiplicity that does not fit the electron count raises
   Grid: PySCF's default (``grids.level = 3``), SCF ``conv_tol = 1e-10`` Hartree.
   Forces are minus PySCF's analytic nuclear gradient (grid-weight derivatives not included,
   PySCF's default).
+* :class:`PySCFUKSLabeller`: unrestricted Kohn-Sham (UKS, or UHF) for **every** charge and
+  multiplicity, closed-shell singlets included, with spin-resolved atomic populations:
+  extras ``pop_alpha``, ``pop_beta`` (electrons, ``[A]``, meta-Löwdin), ``q_alpha``,
+  ``q_beta``, ``charges`` and ``spin`` (``[A]``, e). Conventions in the class docstring.
 * :class:`PySCFCCSDTLabeller`: HF -> CCSD -> (T) with frozen 1s cores on C, N, O (and F),
   default basis cc-pVDZ (spherical). Energies only; ``extras`` carry ``hf_energy``,
   ``ccsd_correlation`` and ``triples_correlation`` (eV). This is CCSD(T)/cc-pVDZ, **not**
@@ -170,6 +174,123 @@ class PySCFLabeller(Labeller):
                 "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM)}
 
 
+class PySCFUKSLabeller(PySCFLabeller):
+    """Unrestricted DFT (UKS; UHF for ``method="hf"``) for every state, with spin-resolved charges.
+
+    Every charge and multiplicity, closed-shell singlets included, runs unrestricted, so all
+    states of a molecule come from one method (the same functional, grid and code path). For
+    a closed-shell singlet UKS started from the restricted guess stays spin-symmetric and its
+    energy equals RKS's (tested). Default level ``wb97x/6-31+g*`` (ωB97X, 6-31+G(d) with
+    Cartesian d as in :class:`PySCFLabeller`): the ANI-1x level plus diffuse sp shells on the
+    heavy atoms, which anions need.
+
+    Results (``label(...)``): ``energy`` (eV), ``forces`` (eV/Å, ``[A, 3]``, minus the
+    analytic UKS gradient) and the extras, all ``[A]``:
+
+    * ``pop_alpha``, ``pop_beta``: electrons of spin α / β on each atom (meta-Löwdin
+      populations, below); ``sum(pop_alpha) = N_α``, ``sum(pop_beta) = N_β`` (to the SCF
+      convergence), with ``N_α - N_β = multiplicity - 1``.
+    * ``q_alpha = Z/2 - pop_alpha``, ``q_beta = Z/2 - pop_beta`` (e): spin-resolved atomic
+      charges, half the nuclear charge per spin channel, so that ``sum(q_alpha) = Q_α =
+      (Q - M + 1)/2`` and ``sum(q_beta) = Q_β = (Q + M - 1)/2``: AIMNet-NSE's convention
+      (isayevlab/aimnetnse ``eval.py``) for the total α/β charges of a molecule with charge
+      ``Q`` and multiplicity ``M``.
+    * ``charges = q_alpha + q_beta = Z - pop_alpha - pop_beta`` (e), summing to ``Q``.
+    * ``spin = pop_alpha - pop_beta`` (electrons; the atomic spin population), summing to
+      ``M - 1``.
+
+    Charge model: **meta-Löwdin** populations (PySCF ``lo.orth_ao(mol, "meta_lowdin")``, the
+    scheme behind PySCF's own ``mulliken_meta`` analysis; Sun et al., J. Chem. Phys. 153,
+    024109 (2020)). The AO basis is orthogonalised atom-block-wise with ANO-projected
+    pre-orthogonalisation, the α and β density matrices are expressed in that orthonormal
+    basis (``D' = Cᵀ S D S C``), and an atom's population is the trace of its block. Why:
+    Mulliken populations are notoriously unstable once diffuse functions are in the basis
+    (the diffuse shells on one atom carry density belonging to its neighbours); meta-Löwdin
+    populations are well defined for any basis, need nothing beyond PySCF core (Hirshfeld,
+    CM5 and MBIS are not in it), sum exactly to the electron count of each spin, and change
+    little between basis sets. They are not NBO charges (AIMNet-NSE's labels).
+
+    Args: as :class:`PySCFLabeller` (default basis ``6-31+g*``), plus ``density_fit``:
+    density-fitted Coulomb and exchange with PySCF's default auxiliary basis (``level`` then
+    ends in ``/df``; about 1e-5 Hartree per atom from the exact integrals, smooth in the
+    geometry). A SCF that DIIS does not converge gets one second-order (Newton) attempt
+    before :class:`LabelFailed`.
+    """
+
+    def __init__(self, method: str = "wb97x", basis: str = "6-31+g*", cart: bool | None = None,
+                 grid_level: int = 3, conv_tol: float = 1e-10, max_cycle: int = 100, density_fit: bool = False):
+        super().__init__(method=method, basis=basis, cart=cart, grid_level=grid_level, conv_tol=conv_tol,
+                         max_cycle=max_cycle)
+        self.density_fit = bool(density_fit)
+        self.level = f"u{self.method}/{self.basis}" + ("/df" if self.density_fit else "")
+
+    def config(self):
+        return {**super().config(), "density_fit": self.density_fit}
+
+    def provenance(self):
+        out = super().provenance()
+        out["populations"] = "meta-lowdin (ANO pre-orthogonalisation)"
+        out["density_fit"] = str(self.density_fit)
+        return out
+
+    def scf(self, mol, multiplicity: int):
+        """A PySCF UKS (or UHF) object (not yet run) for ``mol``, whatever the multiplicity."""
+        from pyscf import dft, scf
+
+        if self.method == "hf":
+            mf = scf.UHF(mol)
+        else:
+            mf = dft.UKS(mol)
+            mf.xc = self.method
+            mf.grids.level = self.grid_level
+        if self.density_fit:
+            mf = mf.density_fit()  # PySCF's default auxiliary basis for the orbital basis
+        mf.conv_tol = self.conv_tol
+        mf.max_cycle = self.max_cycle
+        return mf
+
+    def _compute(self, numbers, positions, charge, multiplicity):
+        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
+        mf = self.scf(mol, multiplicity)
+        e = mf.kernel()
+        if not mf.converged:
+            # one second-order (Newton) attempt from where DIIS stopped: anions with diffuse
+            # functions occasionally oscillate
+            mf = mf.newton()
+            e = mf.kernel(mf.make_rdm1())
+            if not mf.converged:
+                raise LabelFailed(f"{self.level}: SCF did not converge (DIIS {self.max_cycle} cycles, then Newton; "
+                                  f"last E = {e} Ha)")
+        grad = mf.nuc_grad_method().kernel()
+        pop_a, pop_b = spin_populations(mol, mf.make_rdm1())
+        half_z = numbers.astype(np.float64) / 2.0
+        return {"energy": float(e) * HARTREE_TO_EV,
+                "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM),
+                "pop_alpha": pop_a, "pop_beta": pop_b, "q_alpha": half_z - pop_a, "q_beta": half_z - pop_b,
+                "charges": numbers - pop_a - pop_b, "spin": pop_a - pop_b}
+
+
+def spin_populations(mol, dm) -> tuple[np.ndarray, np.ndarray]:
+    """Meta-Löwdin α and β electron populations per atom, ``([A], [A])`` electrons.
+
+    ``dm``: ``[2, nao, nao]`` α and β AO density matrices (an unrestricted SCF's
+    ``make_rdm1()``); a ``[nao, nao]`` total density is split in equal halves.
+    """
+    from pyscf import lo
+
+    dm = np.asarray(dm)
+    if dm.ndim == 2:
+        dm = np.stack([dm / 2, dm / 2])
+    c = lo.orth_ao(mol, "meta_lowdin")
+    sc = mol.intor_symmetric("int1e_ovlp") @ c
+    atom_of_ao = np.array([int(label.split()[0]) for label in mol.ao_labels()])
+    pops = []
+    for d in dm:
+        occ = np.einsum("ik,ij,jk->k", sc, d, sc)  # diag(Cᵀ S D S C)
+        pops.append(np.bincount(atom_of_ao, weights=occ, minlength=mol.natm))
+    return pops[0], pops[1]
+
+
 class PySCFCCSDTLabeller(Labeller):
     """CCSD(T) total energies (no forces) with PySCF; frozen core by default.
 
@@ -254,12 +375,16 @@ class TBLiteLabeller(Labeller):
                 "forces": -np.asarray(res.get("gradient")) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM)}
 
 
-_BY_TYPE = {"PySCFLabeller": PySCFLabeller, "PySCFCCSDTLabeller": PySCFCCSDTLabeller,
+_BY_TYPE = {"PySCFLabeller": PySCFLabeller, "PySCFUKSLabeller": PySCFUKSLabeller, "PySCFCCSDTLabeller": PySCFCCSDTLabeller,
             "TBLiteLabeller": TBLiteLabeller}
 
 
 def labeller_from_level(level: str) -> Labeller:
-    """``"wb97x/6-31g*"``, ``"hf/cc-pvdz"``, ``"ccsd(t)/cc-pvdz"``, ``"gfn2-xtb"``, ``"gfn1-xtb"`` -> a labeller."""
+    """``"wb97x/6-31g*"``, ``"hf/cc-pvdz"``, ``"ccsd(t)/cc-pvdz"``, ``"gfn2-xtb"``, ``"gfn1-xtb"`` -> a labeller.
+
+    A ``u`` before the method (``"uwb97x/6-31+g*"``, ``"uhf/cc-pvdz"``) gives the
+    always-unrestricted :class:`PySCFUKSLabeller`.
+    """
     text = level.strip().lower()
     if text in ("gfn2-xtb", "gfn2", "xtb"):
         return TBLiteLabeller("GFN2-xTB")
@@ -270,6 +395,8 @@ def labeller_from_level(level: str) -> Labeller:
     method, basis = text.split("/", 1)
     if method == "ccsd(t)":
         return PySCFCCSDTLabeller(basis=basis)
+    if method.startswith("u") and len(method) > 1:  # "uwb97x/6-31+g*", "uhf/...": PySCFUKSLabeller
+        return PySCFUKSLabeller(method=method[1:], basis=basis)
     return PySCFLabeller(method=method, basis=basis)
 
 

@@ -18,8 +18,9 @@ inspected, copied or merged with ordinary tools (two machines can label disjoint
 two folders and ``cp`` them together), and a corrupt file affects one label, which is then
 recomputed. A file records the geometry, charge, multiplicity, molecule name, metadata, the
 level, the labeller's type, configuration and program version, the status (``ok`` or
-``failed`` with the reason), energy (eV), forces (eV/Å), extras (eV), wall time and
-finishing time.
+``failed`` with the reason), energy (eV), forces (eV/Å), extras (scalars in eV; per-atom
+arrays such as :class:`~phai.labels.labellers.PySCFUKSLabeller`'s populations as lists, in
+their own units), wall time and finishing time.
 
 Failures (:class:`~phai.labels.labellers.LabelFailed`, or any exception raised by the
 labeller in a worker) are recorded as ``status: failed`` with the message; a later run
@@ -133,7 +134,8 @@ def _run_one(labeller: Labeller, conf: Conformer) -> dict:
     seconds = out.pop("seconds", time.perf_counter() - t0)
     return {"status": "ok", "energy": float(energy),
             "forces": None if forces is None else np.asarray(forces, np.float64).tolist(),
-            "extras": {k: float(v) for k, v in out.items()}, "seconds": seconds}
+            "extras": {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64).tolist() for k, v in out.items()},
+            "seconds": seconds}
 
 
 def _record(labeller: Labeller, conf: Conformer, result: dict, key: str) -> dict:

@@ -1,0 +1,246 @@
+"""Build phai's charge/spin data set (tests/data/charge_labels/, recipe in RECIPE.md there).
+
+Small closed- and open-shell CHNO molecules, each geometry labelled **vertically** at charge
+-1, 0 and +1 (the same coordinates for all three states) with unrestricted ωB97X/6-31+G(d)
+(:class:`phai.labels.PySCFUKSLabeller`): energies, forces and meta-Löwdin α/β atomic
+populations. Issue 5 (AIMNet-ME, conceptual-DFT indices IP = E(+1) - E(0), EA = E(0) - E(-1)).
+
+Stages (each resumable; the store keeps every finished label):
+
+    python scripts/make_charge_dataset.py sample --store STORE     # conformers -> STORE/conformers.json
+    python scripts/make_charge_dataset.py label --store STORE [--processes 2]
+    python scripts/make_charge_dataset.py export --store STORE --out tests/data/charge_labels/charge_labels.h5
+    python scripts/make_charge_dataset.py summary --store STORE
+
+Run with ``OMP_NUM_THREADS=1`` and ``PYTHONPATH=src``. Labels are computed sample round by
+sample round (sample 0 of every molecule, then sample 1, ...), and the three charge states of
+a geometry one after the other, so a run stopped early still covers every molecule with
+complete (-1, 0, +1) triples.
+
+Multiplicities: the lowest sensible one per state. A closed-shell neutral (singlet) gives
+doublet ions; a neutral radical (doublet) gives singlet ions (its cation and anion close the
+shell: CH3+ / CH3-, allyl+/-, NO2+ / NO2-, HCO+ / HCO-, ...). NO, whose anion is a triplet,
+is left out so that no state's ground multiplicity is in doubt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from phai.labels.conformers import Conformer, sample_conformers
+from phai.labels.labellers import PySCFUKSLabeller
+from phai.labels.store import label_many, load_records, summary
+
+SEED = 0
+TEMPERATURE = 600.0  # K: as the CHNO set (ANI-Tools' NMS temperature)
+NUM_EMBED = 3
+CONFORMERS = 4  # normal-mode samples per molecule
+LEVEL_KW = {"method": "wb97x", "basis": "6-31+g*", "density_fit": True, "conv_tol": 1e-9}
+PREFIX = "wb97x_pd"  # dataset prefix: ωB97X/6-31+G(d) ("p" = the diffuse +, "d" = polarisation)
+STATES = ((-1, "anion"), (0, "neutral"), (1, "cation"))
+
+# (name, SMILES, neutral multiplicity, split). Closed shells from the CHNO set, plus radicals.
+MOLECULES: tuple[tuple[str, str, int, str], ...] = (
+    ("methane", "C", 1, "train"),
+    ("water", "O", 1, "train"),
+    ("ammonia", "N", 1, "train"),
+    ("hydrogen_cyanide", "C#N", 1, "train"),
+    ("ethane", "CC", 1, "train"),
+    ("ethylene", "C=C", 1, "train"),
+    ("acetylene", "C#C", 1, "train"),
+    ("formaldehyde", "C=O", 1, "train"),
+    ("methanol", "CO", 1, "train"),
+    ("methylamine", "CN", 1, "train"),
+    ("hydroxylamine", "NO", 1, "test"),
+    ("acetonitrile", "CC#N", 1, "train"),
+    ("acetaldehyde", "CC=O", 1, "train"),
+    ("ethanol", "CCO", 1, "train"),
+    ("formamide", "NC=O", 1, "train"),
+    ("formic_acid", "OC=O", 1, "train"),
+    ("propane", "CCC", 1, "train"),
+    ("dimethyl_ether", "COC", 1, "test"),
+    ("propene", "C=CC", 1, "test"),
+    ("acetic_acid", "CC(=O)O", 1, "train"),
+    ("acetone", "CC(C)=O", 1, "train"),
+    ("methyl_formate", "COC=O", 1, "test"),
+    ("urea", "NC(N)=O", 1, "train"),
+    ("glycine", "NCC(=O)O", 1, "train"),
+    # neutral radicals (doublets): their ions are closed-shell singlets
+    ("methyl", "[CH3]", 2, "train"),
+    ("hydroxymethyl", "[CH2]O", 2, "train"),
+    ("methoxy", "C[O]", 2, "test"),
+    ("formyl", "[CH]=O", 2, "train"),
+    ("ethyl", "C[CH2]", 2, "train"),
+    ("vinyl", "C=[CH]", 2, "train"),
+    ("allyl", "C=C[CH2]", 2, "test"),
+    ("nitrogen_dioxide", "[O]N=O", 2, "train"),
+    ("acetyl", "C[C]=O", 2, "train"),
+)
+
+
+def state_multiplicity(neutral_multiplicity: int, charge: int) -> int:
+    """Lowest sensible multiplicity: neutral as given; ions of a singlet are doublets, of a doublet singlets."""
+    if charge == 0:
+        return neutral_multiplicity
+    return {1: 2, 2: 1}[neutral_multiplicity]
+
+
+def labeller() -> PySCFUKSLabeller:
+    return PySCFUKSLabeller(**LEVEL_KW)
+
+
+def sample(store: Path, molecules=MOLECULES, count: int = CONFORMERS) -> list[Conformer]:
+    """Neutral-state normal-mode samples (GFN2-xTB minima of the neutral, its multiplicity)."""
+    out = []
+    for name, smiles, mult, split in molecules:
+        t0 = time.perf_counter()
+        cs = sample_conformers(smiles, count, TEMPERATURE, name=name, seed=SEED, num_embed=NUM_EMBED,
+                               multiplicity=mult)
+        for c in cs:
+            c.info["split"] = split
+        out += cs
+        print(f"{name:18s} {len(cs):3d} conformers, {len(cs[0].numbers):2d} atoms, mult {mult}, "
+              f"{len({c.info['base'] for c in cs})} minima, {time.perf_counter() - t0:.1f} s", flush=True)
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / "conformers.json", "w") as fh:
+        json.dump([{"name": c.name, "numbers": c.numbers.tolist(), "positions": c.positions.tolist(),
+                    "charge": c.charge, "multiplicity": c.multiplicity, "info": c.info} for c in out], fh)
+    return out
+
+
+def load_conformers(store: Path) -> list[Conformer]:
+    with open(store / "conformers.json") as fh:
+        raw = json.load(fh)
+    return [Conformer(r["name"], np.asarray(r["numbers"]), np.asarray(r["positions"]), r["charge"],
+                      r["multiplicity"], r["info"]) for r in raw]
+
+
+def charge_states(conformers: list[Conformer]) -> list[Conformer]:
+    """Each neutral geometry at charges -1, 0, +1 (same coordinates), ordered for a useful partial run.
+
+    Order: sample index, then molecule size, then name, then charge (-1, 0, +1), so the three
+    states of one geometry are labelled one after the other.
+    """
+    out = []
+    for c in sorted(conformers, key=lambda c: (c.info["sample"], len(c.numbers), c.name)):
+        for q, state in STATES:
+            info = dict(c.info, state=state, neutral_multiplicity=int(c.multiplicity))
+            out.append(Conformer(c.name, c.numbers, c.positions, q, state_multiplicity(c.multiplicity, q), info))
+    return out
+
+
+def export(store: Path, out_path: Path, level: str | None = None) -> dict:
+    """Write the store's labels as HDF5, one leaf group per molecule and charge state (see RECIPE.md).
+
+    ``/<molecule>/<state>`` (state ``anion``, ``neutral``, ``cation``), each with
+    ``atomic_numbers [A]`` uint8, ``coordinates [C, A, 3]`` Å, ``charge [C]``,
+    ``multiplicity [C]`` (int8), ``<PREFIX>.energy [C]`` Hartree, ``<PREFIX>.forces [C, A, 3]``
+    Hartree/Å, and ``<PREFIX>.{charges, q_alpha, q_beta, pop_alpha, pop_beta, spin} [C, A]``
+    (e or electrons). The C conformations of a molecule are the same geometries, in the same
+    order, in all three state groups (NaN labels where a state is not computed), so
+    ``E_cation[c] - E_neutral[c]`` is a vertical IP. Written atomically.
+    """
+    import h5py
+
+    from phai.units import HARTREE_TO_EV
+
+    level = level or labeller().level
+    recs = load_records(store, level=level)
+    by_mol: dict[str, dict] = {}
+    for r in recs:
+        geom = np.round(np.asarray(r["positions"], np.float64), 8).tobytes()
+        m = by_mol.setdefault(r["name"], {"numbers": r["numbers"], "geoms": {}, "info": r["info"]})
+        g = m["geoms"].setdefault(geom, {"positions": r["positions"], "sample": r["info"].get("sample", 0),
+                                         "states": {}})
+        g["states"][r["info"]["state"]] = r
+    per_atom = ("charges", "q_alpha", "q_beta", "pop_alpha", "pop_beta", "spin")
+    stats = {"molecules": 0, "geometries": 0, "labels": 0, "complete_triples": 0}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["level"] = level
+            f.attrs["states"] = json.dumps({s: q for q, s in STATES})
+            for name in sorted(by_mol):
+                m = by_mol[name]
+                geoms = sorted(m["geoms"].values(), key=lambda g: (g["sample"], g["positions"]))
+                z = np.asarray(m["numbers"], np.int64)
+                a, c = len(z), len(geoms)
+                x = np.stack([np.asarray(g["positions"], np.float64) for g in geoms])
+                mol = f.create_group(name)
+                for k in ("smiles", "split", "temperature", "seed", "sampler", "neutral_multiplicity"):
+                    if k in m["info"]:
+                        mol.attrs[k] = m["info"][k]
+                stats["molecules"] += 1
+                stats["geometries"] += c
+                stats["complete_triples"] += sum(len(g["states"]) == len(STATES) for g in geoms)
+                for q, state in STATES:
+                    mult = state_multiplicity(int(m["info"]["neutral_multiplicity"]), q)
+                    grp = mol.create_group(state)
+                    grp.attrs["charge"] = q
+                    grp.attrs["multiplicity"] = mult
+                    grp.create_dataset("atomic_numbers", data=z.astype(np.uint8))
+                    grp.create_dataset("coordinates", data=x)
+                    grp.create_dataset("charge", data=np.full(c, q, np.int8))
+                    grp.create_dataset("multiplicity", data=np.full(c, mult, np.int8))
+                    e = np.full(c, np.nan)
+                    frc = np.full((c, a, 3), np.nan)
+                    props = {k: np.full((c, a), np.nan) for k in per_atom}
+                    for i, g in enumerate(geoms):
+                        r = g["states"].get(state)
+                        if r is None:
+                            continue
+                        stats["labels"] += 1
+                        e[i] = r["energy"] / HARTREE_TO_EV
+                        frc[i] = np.asarray(r["forces"]) / HARTREE_TO_EV
+                        for k in per_atom:
+                            props[k][i] = r["extras"][k]
+                    grp.create_dataset(f"{PREFIX}.energy", data=e).attrs["units"] = "Hartree"
+                    grp.create_dataset(f"{PREFIX}.forces", data=frc).attrs["units"] = "Hartree/Angstrom"
+                    for k, v in props.items():
+                        grp.create_dataset(f"{PREFIX}.{k}", data=v).attrs["units"] = (
+                            "electrons" if k.startswith("pop") or k == "spin" else "e")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["sample", "label", "export", "summary"])
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--processes", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if args.stage == "sample":
+        sample(args.store)
+    elif args.stage == "label":
+        confs = charge_states(load_conformers(args.store))
+        stats = label_many(labeller(), confs, args.store, processes=args.processes, progress=True)
+        print(json.dumps(stats))
+    elif args.stage == "export":
+        print(json.dumps(export(args.store, args.out)))
+    else:
+        print(json.dumps(summary(args.store), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""PySCFUKSLabeller (unrestricted DFT with meta-Löwdin α/β populations) against PySCF itself.
+
+Small basis sets keep this file at a few seconds; the data set's level (ωB97X/6-31+G(d),
+density-fitted) runs the same code path.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+pyscf = pytest.importorskip("pyscf")
+
+from phai.errors import InputError
+from phai.labels import (
+    Conformer,
+    PySCFLabeller,
+    PySCFUKSLabeller,
+    label_many,
+    labeller_from_level,
+)
+from phai.labels.store import load_records
+from phai.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
+
+WATER_Z = np.array([8, 1, 1])
+WATER_X = np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.469], [0.0, -0.757, -0.469]])
+
+
+def _direct_uks(z, x, charge, mult, basis, xc="wb97x"):
+    from pyscf import dft, gto
+
+    mol = gto.M(atom=[(int(a), tuple(p)) for a, p in zip(z, x)], unit="Angstrom", basis=basis, charge=charge,
+                spin=mult - 1, cart=basis.startswith("6-3"), verbose=0)
+    mf = dft.UKS(mol)
+    mf.xc = xc
+    mf.conv_tol = 1e-10
+    e = mf.kernel()
+    g = mf.nuc_grad_method().kernel()
+    return mol, mf, e, g
+
+
+def test_cation_energy_forces_populations_match_direct_pyscf():
+    from pyscf.scf import uhf
+
+    charge, mult = 1, 2
+    out = PySCFUKSLabeller(basis="6-31+g*").label(WATER_Z, WATER_X, charge, mult)
+    mol, mf, e, g = _direct_uks(WATER_Z, WATER_X, charge, mult, "6-31+g*")
+    assert out["energy"] == pytest.approx(e * HARTREE_TO_EV, abs=1e-6)
+    np.testing.assert_allclose(out["forces"], -g * HARTREE_TO_EV / BOHR_TO_ANGSTROM, atol=1e-5)
+    # net force: not exactly zero because PySCF omits the grid-weight derivatives by default
+    assert np.abs(out["forces"].sum(0)).max() < 5e-3
+    # populations: PySCF's own meta-Löwdin analysis is the oracle
+    (pop_a_ao, pop_b_ao), chg = uhf.mulliken_meta(mol, mf.make_rdm1(), verbose=0)
+    atom_of_ao = np.array([int(s.split()[0]) for s in mol.ao_labels()])
+    np.testing.assert_allclose(out["pop_alpha"], np.bincount(atom_of_ao, pop_a_ao), atol=1e-6)
+    np.testing.assert_allclose(out["pop_beta"], np.bincount(atom_of_ao, pop_b_ao), atol=1e-6)
+    np.testing.assert_allclose(out["charges"], chg, atol=1e-6)
+    n_alpha, n_beta = mol.nelec
+    assert out["pop_alpha"].sum() == pytest.approx(n_alpha, abs=1e-6)
+    assert out["pop_beta"].sum() == pytest.approx(n_beta, abs=1e-6)
+    assert out["charges"].sum() == pytest.approx(charge, abs=1e-6)
+    assert out["spin"].sum() == pytest.approx(mult - 1, abs=1e-6)
+    # AIMNet-NSE's total spin charges Q_a = (Q - M + 1)/2, Q_b = (Q + M - 1)/2
+    assert out["q_alpha"].sum() == pytest.approx((charge - mult + 1) / 2, abs=1e-6)
+    assert out["q_beta"].sum() == pytest.approx((charge + mult - 1) / 2, abs=1e-6)
+    np.testing.assert_allclose(out["q_alpha"] + out["q_beta"], out["charges"], atol=1e-12)
+    # the hole of H2O+ sits on oxygen (its HOMO is the out-of-plane lone pair)
+    assert out["spin"][0] > 0.9
+
+
+def test_anion_matches_direct_pyscf_and_density_fit_is_close():
+    charge, mult = -1, 2
+    exact = PySCFUKSLabeller(basis="6-31+g*").label(WATER_Z, WATER_X, charge, mult)
+    _, _, e, g = _direct_uks(WATER_Z, WATER_X, charge, mult, "6-31+g*")
+    assert exact["energy"] == pytest.approx(e * HARTREE_TO_EV, abs=1e-6)
+    np.testing.assert_allclose(exact["forces"], -g * HARTREE_TO_EV / BOHR_TO_ANGSTROM, atol=1e-5)
+    assert exact["charges"].sum() == pytest.approx(-1, abs=1e-6)
+    assert exact["pop_alpha"].sum() == pytest.approx(6, abs=1e-6)
+    assert exact["pop_beta"].sum() == pytest.approx(5, abs=1e-6)
+    lab = PySCFUKSLabeller(basis="6-31+g*", density_fit=True)
+    fitted = lab.label(WATER_Z, WATER_X, charge, mult)
+    assert lab.level == "uwb97x/6-31+g*/df"
+    assert fitted["energy"] == pytest.approx(exact["energy"], abs=2e-3)  # eV
+    np.testing.assert_allclose(fitted["forces"], exact["forces"], atol=5e-3)
+    np.testing.assert_allclose(fitted["charges"], exact["charges"], atol=1e-3)
+
+
+def test_closed_shell_uks_equals_rks_and_has_no_spin():
+    uks = PySCFUKSLabeller(basis="6-31g*").label(WATER_Z, WATER_X, 0, 1)
+    rks = PySCFLabeller(basis="6-31g*").label(WATER_Z, WATER_X, 0, 1)
+    assert uks["energy"] == pytest.approx(rks["energy"], abs=1e-7)
+    np.testing.assert_allclose(uks["forces"], rks["forces"], atol=1e-5)
+    np.testing.assert_allclose(uks["spin"], 0.0, atol=1e-5)  # SCF converged to 1e-10 Ha: density to ~1e-5
+    np.testing.assert_allclose(uks["q_alpha"], uks["q_beta"], atol=1e-5)
+
+
+@pytest.mark.parametrize("charge,mult", [(0, 2), (1, 1), (-1, 3), (0, 0), (0, 1.5), (11, 1)])
+def test_bad_charge_or_multiplicity_is_a_clear_error(charge, mult):
+    with pytest.raises(InputError, match="multiplicity|electrons"):
+        PySCFUKSLabeller(basis="sto-3g").label(WATER_Z, WATER_X, charge, mult)
+
+
+def test_level_parsing_and_store_roundtrip(tmp_path):
+    lab = labeller_from_level("uhf/sto-3g")
+    assert isinstance(lab, PySCFUKSLabeller) and lab.method == "hf" and lab.level == "uhf/sto-3g"
+    assert type(labeller_from_level("wb97x/6-31g*")) is PySCFLabeller
+    confs = [Conformer("water", WATER_Z, WATER_X, q, m, {"state": s}) for q, m, s in ((-1, 2, "anion"), (0, 1, "n"))]
+    stats = label_many(lab, confs, tmp_path)
+    assert stats["computed"] == 2 and stats["failed"] == 0
+    recs = {r["charge"]: r for r in load_records(tmp_path)}
+    direct = lab.label(WATER_Z, WATER_X, -1, 2)
+    assert recs[-1]["energy"] == pytest.approx(direct["energy"], abs=1e-7)
+    np.testing.assert_allclose(recs[-1]["extras"]["spin"], direct["spin"], atol=1e-7)
+    assert sum(recs[-1]["extras"]["charges"]) == pytest.approx(-1, abs=1e-6)
+    json.dumps(recs[-1])  # plain JSON
+    assert label_many(lab, confs, tmp_path)["reused"] == 2
