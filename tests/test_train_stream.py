@@ -154,6 +154,11 @@ def test_delta_from_reads_the_lower_level_like_the_main_field(small_h5, tmp_path
         assert f["water"][CC].attrs["units"] == "eV" and f["water"][WB].attrs["units"] == "eV"
     np.testing.assert_allclose(load_data(str(ev), CC, None, WB).energies, want, rtol=0, atol=1e-9)
     np.testing.assert_allclose(StreamedTrainingSet(ev, CC, delta_from=WB).energies, want, rtol=0, atol=1e-9)
+    # the self energies are fitted to the differences (the networks' targets), not to either level
+    trainer = Trainer(TrainConfig(**{**TINY, "use_forces": False}), streamed)
+    tr = trainer.train_set
+    np.testing.assert_array_equal(trainer.sae, fit_self_energies(tr.numbers, tr.energies, "HCNO") * EV_TO_HARTREE)
+    assert np.abs(trainer.sae).max() < 0.5  # Hartree per atom: a correlation-energy difference, not a total
 
 
 def test_delta_from_folder_predicts_a_difference(small_h5, tmp_path, capsys):
