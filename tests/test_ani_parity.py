@@ -68,7 +68,7 @@ def test_float32_parity(frames, torchani_reference):
     pot = phai.load("ani-1x")
     results = pot.evaluate(frames)  # one padded batch of all 44 frames
     for frame, res in zip(frames, results):
-        e_ref, f_ref, aev_ref, members_ref = torchani_eval(ref, frame)
+        e_ref, f_ref, _aev_ref, members_ref = torchani_eval(ref, frame)
         assert abs(res.energy - e_ref) < 5e-4, frame.info["name"]
         assert np.abs(res.forces - f_ref).max() < 2e-3, frame.info["name"]
         assert np.abs(res.member_energies - members_ref).max() < 5e-4
@@ -88,8 +88,8 @@ def test_terms_equal_torchani_functions(x64):
     import torch
     import torchani.aev as ta
 
-    from phai.pretrained import load_arrays
     from phai.descriptors.aev import AEVParams, angular_terms, radial_terms
+    from phai.pretrained import load_arrays
 
     _, cfg = load_arrays("ani-1x")
     p = AEVParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["aev"].items()})

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pick, random_rotation
 
 import phai
-from conftest import pick, random_rotation
 
 
 @pytest.fixture(scope="module")

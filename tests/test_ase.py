@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import pick
 
 import phai
-from conftest import pick
 from phai.ase import PhaiCalculator
 from phai.errors import InputError
 

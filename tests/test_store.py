@@ -11,13 +11,13 @@ from phai.pretrained import neurochem, store
 
 def test_round_trip_bit_for_bit(tmp_path):
     arrays = {"a/0/W": np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32),
-              "sae": np.array([-0.5, -38.0])}
+              "sae": np.array([-0.5, -38.0]), "step": np.array(7, np.int32)}  # a 0-d scalar stays 0-d
     store.save(tmp_path / "m", arrays, {"kind": "test"})
     back, cfg = store.load(tmp_path / "m")
     assert cfg["kind"] == "test"
-    for k in arrays:
-        assert back[k].dtype == arrays[k].dtype
-        np.testing.assert_array_equal(back[k], arrays[k])
+    for k, value in arrays.items():
+        assert back[k].dtype == value.dtype and back[k].shape == value.shape
+        np.testing.assert_array_equal(back[k], value)
 
 
 def test_corrupt_arrays_are_detected(tmp_path):

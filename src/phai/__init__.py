@@ -81,5 +81,13 @@ def available_models() -> list[str]:
     return available()
 
 
-__all__ = ["load", "available_models", "enable_compilation_cache", "PhaiError", "InputError", "UnsupportedElementError",
-           "ModelFileError", "__version__"]
+__all__ = [
+    "InputError",
+    "ModelFileError",
+    "PhaiError",
+    "UnsupportedElementError",
+    "__version__",
+    "available_models",
+    "enable_compilation_cache",
+    "load",
+]

@@ -39,7 +39,7 @@ class PhaiCalculator(Calculator):
     Atoms outside the cell are wrapped for the neighbor search (results do not change).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energy_std", "stress", "charges"]
+    implemented_properties = ("energy", "free_energy", "forces", "energy_std", "stress", "charges")
 
     def __init__(self, model="ani-1x", precision: str | None = None, charge=None, **kwargs):
         super().__init__(**kwargs)

@@ -10,7 +10,8 @@ result and receive zero gradient (tests fill them with garbage to check this).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .batching import Packed, pack
-from .descriptors.aev import AEVParams, aev as aev_fn
+from .descriptors.aev import AEVParams
+from .descriptors.aev import aev as aev_fn
 from .errors import InputError
 from .geometry.cell import minimum_image
 from .models.ani import ani_member_energies, params_from_arrays
@@ -110,7 +112,7 @@ class ANIPotential:
     def cutoff(self) -> float:
         return self.config.aev.Rcr
 
-    def with_precision(self, precision: str) -> "ANIPotential":
+    def with_precision(self, precision: str) -> ANIPotential:
         """The same model at another precision (shares the weights)."""
         return ANIPotential(self.params, self.sae, self.config, precision)
 

@@ -8,7 +8,7 @@ array sizes are chosen (:func:`bucket`), so the number of compilations stays bou
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def validate_structure(numbers, positions, *, supported: Sequence[int] | None = 
             f"atom {atom} ({SYMBOLS[z[atom]]}) has a non-finite coordinate "
             f"{'xyz'[axis]} = {r[atom, axis]}: positions must be finite numbers in Å")
     if supported is not None:
-        unknown = sorted(set(z.tolist()) - set(int(s) for s in supported))
+        unknown = sorted(set(z.tolist()) - {int(s) for s in supported})
         if unknown:
             names = ", ".join(SYMBOLS[u] for u in unknown)
             first = int(np.nonzero(z == unknown[0])[0][0])

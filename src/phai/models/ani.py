@@ -12,7 +12,8 @@ for ANI).
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -120,7 +121,7 @@ class ANIEnsemble(nn.Module):
         sizes = {}
         for s in self.aev_params.species:
             widths = (self.aev_params.length, *self.hidden[s], 1)
-            sizes[s] = list(zip(widths[:-1], widths[1:]))
+            sizes[s] = list(itertools.pairwise(widths))
         return sizes
 
     @nn.compact

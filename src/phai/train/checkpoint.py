@@ -58,9 +58,9 @@ def unflatten_params(arrays: dict, species, prefix: str = "") -> dict:
 
 def flatten_tree(tree, prefix: str) -> dict[str, np.ndarray]:
     """Every leaf of a pytree (an optimizer state) as ``{prefix}{k:04d}``, in tree order
-    (scalars stored with shape ``[1]``, as the store keeps every array at least 1-D)."""
+    (scalars such as the step count stay 0-d)."""
     leaves = jax.tree_util.tree_leaves(tree)
-    return {f"{prefix}{k:04d}": np.atleast_1d(np.asarray(v)) for k, v in enumerate(leaves)}
+    return {f"{prefix}{k:04d}": np.asarray(v) for k, v in enumerate(leaves)}
 
 
 def unflatten_tree(template, arrays: dict, prefix: str):
@@ -73,7 +73,7 @@ def unflatten_tree(template, arrays: dict, prefix: str):
     new = []
     for k, t in zip(keys, leaves):
         a = arrays[k]
-        if np.shape(t) == () and a.shape == (1,):
+        if np.shape(t) == () and a.shape == (1,):  # checkpoints of phai <= 0.1 stored scalars as [1]
             a = a.reshape(())
         if a.shape != np.shape(t) or a.dtype != np.asarray(t).dtype:
             raise ValueError(f"checkpoint array {k} is {a.shape} {a.dtype}, expected {np.shape(t)} {np.asarray(t).dtype}")
@@ -114,14 +114,9 @@ def write_model_files(folder: os.PathLike, arrays: dict, config: dict) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    data = buf.getvalue()
-    _atomic_write_bytes(folder / "arrays.npz", data)
-    config = dict(config)
-    config["format_version"] = store.FORMAT_VERSION
-    config["shapes"] = {k: list(np.shape(v)) for k, v in arrays.items()}
-    config["dtypes"] = {k: str(np.asarray(v).dtype) for k, v in arrays.items()}
-    config["arrays_sha256"] = store.sha256_file(folder / "arrays.npz")
+    store.write_npz(buf, arrays)
+    _atomic_write_bytes(folder / "arrays.npz", buf.getvalue())
+    config = store.finish_config(config, arrays, folder / "arrays.npz")
     _atomic_write_bytes(folder / "config.json", json.dumps(config, indent=1, sort_keys=True).encode())
     return folder
 
