@@ -5,6 +5,9 @@ Trains :mod:`phai.train.aimnet_me` on the training molecules (split by molecule:
 ``--seed``), selects the epoch on a validation part of the training molecules, and reports
 on the held-out molecules:
 
+``DATA``: the HDF5 export, an extended XYZ file, or a :mod:`phai.labels.store` folder of
+:class:`~phai.labels.labellers.PySCFUKSLabeller` records (read while labelling goes on).
+
 * energy MAE / RMSE per charge state (eV and kcal/mol);
 * spin-resolved atomic charge errors (q^alpha, q^beta, q = q^alpha + q^beta; e);
 * IP, EA, chi, eta, omega (vertical, from the N-1, N, N+1 energies of each held-out neutral
@@ -37,7 +40,8 @@ from phai.train.aimnet_me import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES = (ROOT / "tests/data/charge_labels/charge_labels.h5", Path("/tmp/phai_coord/charge_labels_partial.h5"))
+CANDIDATES = (ROOT / "tests/data/charge_labels/charge_labels.h5", Path("/tmp/phai_coord/charge_labels_partial.h5"),
+              Path("/tmp/charge_store"))
 
 
 def r2(pred, ref) -> float:
@@ -155,7 +159,10 @@ def main(argv=None) -> int:
     if path is None:
         raise SystemExit("no charge data set found (give a path)")
     data = read_charge_data(path)
-    train, test, test_names = split(data, file_test_split(path), args.test_fraction, args.seed)
+    names = file_test_split(path)
+    if not names and data.split is not None:
+        names = sorted(set(data.molecule[data.split == "test"].tolist()))
+    train, test, test_names = split(data, names, args.test_fraction, args.seed)
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
     cfg = MEConfig(model={"elements": elements, **SIZES[args.size]}, elements=tuple(elements), epochs=args.epochs,
                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, force_weight=args.force_weight,

@@ -9,6 +9,8 @@ state). Energy = network (float32 or float64) + ``counts . sae + state_shift[Q]`
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +21,25 @@ import numpy as np
 from ..errors import InputError
 from ..structures import bucket
 from .aimnet import AIMNet, check_state
+
+
+@functools.lru_cache(maxsize=16)
+def _state_fn(config_json: str):
+    """Jitted ``(params, R, species, nb, mask, Q, M) -> (energy, forces, q_alpha, q_beta)`` of one
+    padded molecule, shared by every potential of one architecture (compiled once per shape)."""
+    from ..train.aimnet_me import config_from_json
+
+    model = AIMNet(config_from_json(json.loads(config_json)))
+
+    def one(params, R, species, nb, mask, Q, M):
+        def energy(r):
+            out = model.apply(params, r, species, nb, mask, Q, M)
+            return out["energy"], out
+
+        (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
+        return e, -g, out["charges_alpha"], out["charges_beta"]
+
+    return jax.jit(one)
 
 
 class AIMNetMEResult(NamedTuple):
@@ -67,16 +88,7 @@ class AIMNetMEPotential:
         self.state_shift = np.asarray(arrays["state_shift"], np.float64)
         self._params = unflatten_flax(arrays)
         self.model = AIMNet(self.cfg)
-
-        def one(params, R, species, nb, mask, Q, M):
-            def energy(r):
-                out = self.model.apply(params, r, species, nb, mask, Q, M)
-                return out["energy"], out
-
-            (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
-            return e, -g, out["charges_alpha"], out["charges_beta"]
-
-        self._fn = jax.jit(one)
+        self._fn = _state_fn(json.dumps(config["aimnet"], sort_keys=True))
 
     @classmethod
     def from_folder(cls, folder, precision: str = "float32") -> AIMNetMEPotential:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -77,6 +78,7 @@ class ChargeSet:
       q_alpha, q_beta: ``C`` arrays ``[A]`` (e), or None.
       molecule: ``[C]`` str, molecule id (splits keep a molecule in one part).
       geometry: ``[C]`` str, geometry id (the states of one geometry share it: CDFT triples).
+      split: ``[C]`` str, the data set's own split label ("train", "test", ...), or None.
     """
 
     numbers: list
@@ -89,6 +91,7 @@ class ChargeSet:
     q_beta: list | None = None
     molecule: np.ndarray | None = None
     geometry: np.ndarray | None = None
+    split: np.ndarray | None = None
 
     def __post_init__(self):
         c = len(self.numbers)
@@ -103,6 +106,8 @@ class ChargeSet:
                 setattr(self, name, [np.asarray(x, np.float64) for x in v])
         self.molecule = np.asarray([str(i) for i in range(c)] if self.molecule is None else self.molecule).astype(str)
         self.geometry = self.molecule.copy() if self.geometry is None else np.asarray(self.geometry).astype(str)
+        if self.split is not None:
+            self.split = np.asarray(self.split).astype(str).reshape(c)
         for k in range(c):
             a = len(self.numbers[k])
             if self.positions[k].shape != (a, 3):
@@ -131,7 +136,7 @@ class ChargeSet:
 
         return ChargeSet(pick(self.numbers), pick(self.positions), self.charge[idx], self.multiplicity[idx],
                          self.energy[idx], pick(self.forces), pick(self.q_alpha), pick(self.q_beta),
-                         self.molecule[idx], self.geometry[idx])
+                         self.molecule[idx], self.geometry[idx], None if self.split is None else self.split[idx])
 
     def split_by_molecule(self, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[ChargeSet]:
         """Parts with disjoint molecules (shuffled by ``seed``), sizes by molecule count."""
@@ -146,34 +151,67 @@ class ChargeSet:
         return parts
 
 
-def read_charge_h5(path, energy_key: str | None = None) -> ChargeSet:
-    """Read a charge/spin data set written in the layout of ``tests/data/charge_labels``.
+def read_charge_h5(path, prefix: str | None = None) -> ChargeSet:
+    """Read the charge/spin data set (layout of ``tests/data/charge_labels``, its recipe).
 
-    One HDF5 group per molecule (attr ``molecule`` optional) holding ``atomic_numbers [A]``,
-    ``coordinates [G, A, 3]`` Å and, per state, a subgroup or datasets keyed by charge and
-    multiplicity; see :func:`_states_of_group`. Energies in the file's unit (attr ``units``;
-    Hartree by default) are converted to eV, forces to eV/Å, charges are e. States with NaN
-    energies (not computed yet) are dropped.
+    ``/<molecule>/<state>`` groups (state attrs ``charge``, ``multiplicity``) holding
+    ``atomic_numbers [A]``, ``coordinates [C, A, 3]`` Å (the same geometries, same order, in
+    every state of a molecule), ``<prefix>.energy [C]`` and ``<prefix>.forces [C, A, 3]``
+    (unit attr ``units``: Hartree(/Å) or eV(/Å), converted to eV, eV/Å), ``<prefix>.q_alpha``,
+    ``<prefix>.q_beta [C, A]`` (e). ``prefix`` None: the one prefix with an ``.energy``
+    dataset. NaN energies (not computed yet) are dropped. ``geometry`` is
+    ``"<molecule>/<c>"`` (so the states of one geometry pair up), ``split`` the molecule
+    group's ``split`` attribute.
     """
     import h5py
 
-    recs = {k: [] for k in ("numbers", "positions", "charge", "multiplicity", "energy", "forces", "q_alpha",
-                            "q_beta", "molecule", "geometry")}
+    cols = {k: [] for k in ("numbers", "positions", "charge", "multiplicity", "energy", "forces", "q_alpha",
+                            "q_beta", "molecule", "geometry", "split")}
+
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+
     with h5py.File(path, "r") as f:
-        for name in f:
-            g = f[name]
-            if not isinstance(g, h5py.Group):
+        for mol in f:
+            mg = f[mol]
+            if not isinstance(mg, h5py.Group):
                 continue
-            for st in _states_of_group(g, name, energy_key):
-                for k, v in st.items():
-                    recs[k].append(v)
-    if not recs["numbers"]:
+            for state in mg:
+                g = mg[state]
+                if not isinstance(g, h5py.Group) or "coordinates" not in g:
+                    continue
+                pre = prefix
+                if pre is None:
+                    found = sorted(k[:-len(".energy")] for k in g if k.endswith(".energy"))
+                    if len(found) != 1:
+                        raise InputError(f"{path}: {g.name} has energy datasets {found}; pass prefix=")
+                    pre = found[0]
+                e = g[f"{pre}.energy"][()] * _unit_factor(g[f"{pre}.energy"], "hartree")
+                z = g["atomic_numbers"][()].astype(np.int64)
+                R = g["coordinates"][()]
+                F = (g[f"{pre}.forces"][()] * _unit_factor(g[f"{pre}.forces"], "hartree/a")
+                     if f"{pre}.forces" in g else None)
+                qa = g[f"{pre}.q_alpha"][()] if f"{pre}.q_alpha" in g else None
+                qb = g[f"{pre}.q_beta"][()] if f"{pre}.q_beta" in g else None
+                q, m = int(g.attrs["charge"]), int(g.attrs["multiplicity"])
+                for c in np.flatnonzero(np.isfinite(e)):
+                    cols["numbers"].append(z)
+                    cols["positions"].append(R[c])
+                    cols["charge"].append(q)
+                    cols["multiplicity"].append(m)
+                    cols["energy"].append(e[c])
+                    cols["forces"].append(None if F is None else F[c])
+                    cols["q_alpha"].append(None if qa is None else qa[c])
+                    cols["q_beta"].append(None if qb is None else qb[c])
+                    cols["molecule"].append(text(mol))
+                    cols["geometry"].append(f"{mol}/{c}")
+                    cols["split"].append(text(mg.attrs.get("split", "")))
+    if not cols["numbers"]:
         raise InputError(f"{path}: no labelled states found")
-    has_f = all(x is not None for x in recs["forces"])
-    has_q = all(x is not None for x in recs["q_alpha"]) and all(x is not None for x in recs["q_beta"])
-    return ChargeSet(recs["numbers"], recs["positions"], recs["charge"], recs["multiplicity"], recs["energy"],
-                     recs["forces"] if has_f else None, recs["q_alpha"] if has_q else None,
-                     recs["q_beta"] if has_q else None, np.asarray(recs["molecule"]), np.asarray(recs["geometry"]))
+    opt = {k: None if any(x is None for x in cols[k]) else cols[k] for k in ("forces", "q_alpha", "q_beta")}
+    return ChargeSet(cols["numbers"], cols["positions"], cols["charge"], cols["multiplicity"], cols["energy"],
+                     opt["forces"], opt["q_alpha"], opt["q_beta"], np.asarray(cols["molecule"]),
+                     np.asarray(cols["geometry"]), np.asarray(cols["split"]))
 
 
 def read_charge_extxyz(path) -> ChargeSet:
@@ -190,12 +228,16 @@ def read_charge_extxyz(path) -> ChargeSet:
         raise InputError(f"{path}: no frames")
     recs = []
     for k, a in enumerate(frames):
-        if "energy" not in a.info:
-            raise InputError(f"{path} frame {k}: no info['energy'] (eV)")
+        calc = getattr(a, "calc", None)   # ASE moves energy/forces into a SinglePointCalculator
+        results = getattr(calc, "results", {}) if calc is not None else {}
+        energy = a.info.get("energy", results.get("energy"))
+        if energy is None:
+            raise InputError(f"{path} frame {k}: no energy (info['energy'], eV)")
+        forces = a.arrays.get("forces", results.get("forces"))
         z = a.get_atomic_numbers()
         q = int(a.info.get("charge", 0))
         m = int(a.info.get("multiplicity", lowest_multiplicity(z, q)))
-        recs.append((z, a.get_positions(), q, m, float(a.info["energy"]), a.arrays.get("forces"),
+        recs.append((z, a.get_positions(), q, m, float(energy), forces,
                      a.arrays.get("q_alpha"), a.arrays.get("q_beta"), str(a.info.get("molecule", a.get_chemical_formula())),
                      str(a.info.get("geometry", f"{a.info.get('molecule', a.get_chemical_formula())}/{k}"))))
     cols = list(zip(*recs))
@@ -224,8 +266,43 @@ def write_charge_extxyz(path, cs: ChargeSet) -> None:
     ckpt.write_text_atomic(path, buf.getvalue())
 
 
+def geometry_id(numbers, positions) -> str:
+    """A short id of a geometry (atomic numbers and positions rounded to 1e-6 Å): the states
+    of one geometry share it."""
+    import hashlib
+
+    h = hashlib.sha1(np.asarray(numbers, np.int64).tobytes() + np.round(np.asarray(positions, np.float64), 6).tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_label_store(folder, level: str | None = None) -> ChargeSet:
+    """States from a :mod:`phai.labels.store` folder labelled by
+    :class:`phai.labels.labellers.PySCFUKSLabeller` (records with ``status == "ok"``; energies
+    eV, forces eV/Å, extras ``q_alpha``/``q_beta`` e). ``molecule`` is the record's name,
+    ``geometry`` :func:`geometry_id`; a record's ``info["split"]`` is kept in
+    :attr:`ChargeSet.split` when present."""
+    from ..labels.store import load_records
+
+    recs = [r for r in load_records(folder, level) if "q_alpha" in (r.get("extras") or {})]
+    if not recs:
+        raise InputError(f"{folder}: no finished UKS labels with spin-resolved charges")
+    z = [np.asarray(r["numbers"]) for r in recs]
+    pos = [np.asarray(r["positions"]) for r in recs]
+    has_f = all(r.get("forces") is not None for r in recs)
+    cs = ChargeSet(z, pos, [r["charge"] for r in recs], [r["multiplicity"] for r in recs],
+                   [r["energy"] for r in recs], [np.asarray(r["forces"]) for r in recs] if has_f else None,
+                   [np.asarray(r["extras"]["q_alpha"]) for r in recs], [np.asarray(r["extras"]["q_beta"]) for r in recs],
+                   np.asarray([r.get("name") or geometry_id(a, b) for r, a, b in zip(recs, z, pos)]),
+                   np.asarray([geometry_id(a, b) for a, b in zip(z, pos)]))
+    cs.split = np.asarray([str((r.get("info") or {}).get("split", "")) for r in recs])
+    return cs
+
+
 def read_charge_data(path) -> ChargeSet:
-    """:func:`read_charge_h5` for ``.h5``/``.hdf5`` files, else :func:`read_charge_extxyz`."""
+    """:func:`read_label_store` for a folder, :func:`read_charge_h5` for ``.h5``/``.hdf5`` files,
+    else :func:`read_charge_extxyz`."""
+    if Path(path).is_dir():
+        return read_label_store(path)
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     if str(path).lower().endswith((".h5", ".hdf5")):
@@ -242,11 +319,6 @@ def _unit_factor(ds, default: str) -> float:
     if u in ("ev", "ev/a"):
         return 1.0
     raise InputError(f"{ds.name}: unknown units {u!r}")
-
-
-def _states_of_group(g, name: str, energy_key: str | None):
-    """Yield state records from one molecule group (layout set by the data-set recipe)."""
-    raise NotImplementedError  # replaced once the data layout is fixed (see charge_data.md)
 
 
 # ------------------------------------------------------------------------------ padding
@@ -495,6 +567,28 @@ def _pad_index(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+@functools.lru_cache(maxsize=8)
+def _programs(key: str):
+    """``(tx, loss_fn, step, eval)`` for one architecture and loss/optimizer settings (JSON
+    ``key``), shared by trainers with the same settings so that each compiles once."""
+    import optax
+
+    from .trainer import TrainConfig, make_optimizer
+
+    d = json.loads(key)
+    cfg = config_from_json(d["model"])
+    loss_fn = make_loss_fn(AIMNet(cfg), len(cfg.charge_states), energy_weight=d["we"], charge_weight=d["wq"],
+                           force_weight=d["wf"], use_forces=d["forces"], use_charges=d["charges"])
+    tx = make_optimizer(TrainConfig(lr=d["lr"], weight_decay=d["wd"], optimizer="adamw", members=1), {})
+
+    def step(params, opt_state, batch):
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, aux
+
+    return tx, loss_fn, jax.jit(step), jax.jit(loss_fn)
+
+
 class AIMNetMETrainer:
     """Fits an AIMNet-ME model to a :class:`ChargeSet` (see the module docstring).
 
@@ -508,8 +602,6 @@ class AIMNetMETrainer:
 
     def __init__(self, config: MEConfig, train: ChargeSet, valid: ChargeSet | None = None, out_dir=None,
                  resume: bool = True):
-        from .trainer import TrainConfig, make_optimizer
-
         self.config = config
         self.cfg = config.aimnet_config()
         if not self.cfg.charge_spin:
@@ -537,19 +629,16 @@ class AIMNetMETrainer:
         self.params = self.model.init(jax.random.PRNGKey(config.seed), jnp.asarray(tp.R[0], jnp.float32),
                                       jnp.asarray(tp.species[0]), jnp.asarray(tp.neighbors[0]),
                                       jnp.asarray(tp.atom_mask[0]), 0, 1)
-        self.tx = make_optimizer(TrainConfig(lr=config.lr, weight_decay=config.weight_decay, optimizer="adamw",
-                                             members=1), self.params)
+        key = json.dumps({"model": config_to_json(self.cfg), "lr": config.lr, "wd": config.weight_decay,
+                          "we": config.energy_weight, "wq": config.charge_weight, "wf": config.force_weight,
+                          "forces": self.use_forces, "charges": self.use_charges}, sort_keys=True)
+        self.tx, self.loss_fn, self._step, self._eval = _programs(key)
         self.opt_state = self.tx.init(self.params)
         self.best_params = self.params
         self.best_loss = math.inf
         self.epoch = 0
         self.step_count = 0
         self.history: list[dict] = []
-        self.loss_fn = make_loss_fn(self.model, len(self.cfg.charge_states), energy_weight=config.energy_weight,
-                                    charge_weight=config.charge_weight, force_weight=config.force_weight,
-                                    use_forces=self.use_forces, use_charges=self.use_charges)
-        self._step = jax.jit(self._step_impl)
-        self._eval = jax.jit(self.loss_fn)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -557,13 +646,6 @@ class AIMNetMETrainer:
                 self.restore(self.out_dir / "checkpoint")
 
     # -- steps
-    def _step_impl(self, params, opt_state, batch):
-        import optax
-
-        (_, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(params, batch)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, aux
-
     def batch(self, pad: Padded, idx) -> dict:
         idx, mask = _pad_index(np.asarray(idx), self.batch_size)
         b = pad.take(idx)
