@@ -11,6 +11,7 @@ Stages (each resumable; the store keeps every finished label):
     python scripts/make_charge_dataset.py label --store STORE [--processes 2]
     python scripts/make_charge_dataset.py export --store STORE --out tests/data/charge_labels/charge_labels.h5
     python scripts/make_charge_dataset.py summary --store STORE
+    python scripts/make_charge_dataset.py check --out tests/data/charge_labels/charge_labels.h5   # CDFT table
 
 Run with ``OMP_NUM_THREADS=1`` and ``PYTHONPATH=src``. Labels are computed sample round by
 sample round (sample 0 of every molecule, then sample 1, ...), and the three charge states of
@@ -222,10 +223,52 @@ def export(store: Path, out_path: Path, level: str | None = None) -> dict:
     return stats
 
 
+def check(path: Path) -> str:
+    """Sum rules and vertical conceptual-DFT indices per molecule (eV), from the exported file.
+
+    For every geometry with all three states: IP = E(+1) - E(0), EA = E(0) - E(-1),
+    χ = (IP + EA)/2, η = (IP - EA)/2, ω = χ²/(2η) (AIMNet-NSE ``eval.py`` conventions).
+    Also the largest violation of Σq = Q, Σpop_α = N_α, Σpop_β = N_β, Σspin = M - 1.
+    """
+    import h5py
+
+    from phai.units import HARTREE_TO_EV
+
+    lines = ["| molecule | split | mult(0) | triples | IP | EA | χ | η | ω |", "|---|---|---|---|---|---|---|---|---|"]
+    worst = 0.0
+    with h5py.File(path) as f:
+        for name in f:
+            mol = f[name]
+            e = {}
+            for q, state in STATES:
+                g = mol[state]
+                z = g["atomic_numbers"][()].astype(int)
+                mult = int(g.attrs["multiplicity"])
+                n_a, n_b = (z.sum() - q + mult - 1) / 2, (z.sum() - q - mult + 1) / 2
+                ok = np.isfinite(g[f"{PREFIX}.energy"][()])
+                for key, target in (("charges", q), ("pop_alpha", n_a), ("pop_beta", n_b), ("spin", mult - 1)):
+                    v = g[f"{PREFIX}.{key}"][()][ok]
+                    if len(v):
+                        worst = max(worst, float(np.abs(v.sum(1) - target).max()))
+                e[q] = g[f"{PREFIX}.energy"][()] * HARTREE_TO_EV
+            ok = np.isfinite(e[-1]) & np.isfinite(e[0]) & np.isfinite(e[1])
+            if not ok.any():
+                continue
+            ip = e[1][ok] - e[0][ok]
+            ea = e[0][ok] - e[-1][ok]
+            chi, eta = (ip + ea) / 2, (ip - ea) / 2
+            omega = chi**2 / (2 * eta)
+            lines.append(f"| {name} | {mol.attrs.get('split', '')} | {mol.attrs.get('neutral_multiplicity', '')} | "
+                         f"{int(ok.sum())} | {ip.mean():.2f} | {ea.mean():.2f} | {chi.mean():.2f} | {eta.mean():.2f} | "
+                         f"{omega.mean():.2f} |")
+    lines.append(f"\nLargest sum-rule violation (charges, populations, spin): {worst:.1e}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=["sample", "label", "export", "summary"])
-    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("stage", choices=["sample", "label", "export", "summary", "check"])
+    ap.add_argument("--store", type=Path)
     ap.add_argument("--processes", type=int, default=1)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -237,6 +280,8 @@ def main(argv=None) -> int:
         print(json.dumps(stats))
     elif args.stage == "export":
         print(json.dumps(export(args.store, args.out)))
+    elif args.stage == "check":
+        print(check(args.out))
     else:
         print(json.dumps(summary(args.store), indent=1))
     return 0
