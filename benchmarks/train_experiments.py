@@ -81,7 +81,7 @@ def shared_policies(path, batch_size):
     return ShapePolicy(tr.policy.state), ShapePolicy(tr.policy.state)
 
 
-def learning_curve(path, energy_key, forces_key, members, epochs, fractions, policies=None):
+def learning_curve(path, energy_key, forces_key, members, epochs, fractions, policies=None, early_stopping=30):
     """Held-out errors of ensembles trained on nested random subsets of the training molecules'
     conformations (the same permutation, so each subset contains the smaller ones)."""
     from phai.train import (
@@ -100,7 +100,7 @@ def learning_curve(path, energy_key, forces_key, members, epochs, fractions, pol
         n = max(4, round(frac * len(train)))
         sub = train.subset(np.sort(rng.permutation(len(train))[:n]))
         cfg = TrainConfig(members=members, epochs=epochs, batch_size=32, lr=1e-3, plateau_patience=10,
-                          early_stopping=30, progress=False, plot=False, valid_fraction=0.15, seed=0,
+                          early_stopping=early_stopping or None, progress=False, plot=False, valid_fraction=0.15, seed=0,
                           force_weight=0.1)
         t = time.perf_counter()
         tr = Trainer(cfg, sub)
@@ -155,8 +155,12 @@ def transfer(path, members_delta, epochs):
                      plateau_patience=10, early_stopping=40, progress=False, plot=False, valid_fraction=0.2,
                      use_forces=False, seed=0)
     tr = Trainer(ft, train)
-    tr.fit()
+    t = time.perf_counter()
+    res = tr.fit()
     models["ANI-1x fine-tuned (freeze 0,2)"] = tr.potential()
+    fits = {"ANI-1x fine-tuned (freeze 0,2)": {
+        "fit_train": len(tr.train_set), "fit_valid": len(tr.valid_set), "epochs": len(res.history),
+        "stopped": res.stopped, "seconds": round(time.perf_counter() - t, 1)}}
     if len(dtrain_idx) >= 4:
         d = ccw.subset(dtrain_idx)
         dset = TrainingSet(d.numbers, d.positions, d.energies - low[dtrain_idx], None, d.groups)
@@ -164,8 +168,12 @@ def transfer(path, members_delta, epochs):
                          lr=1e-3, plateau_patience=10, early_stopping=40, progress=False, plot=False,
                          valid_fraction=0.2, use_forces=False, seed=0)
         dt = Trainer(dc, dset)
-        dt.fit()
+        t = time.perf_counter()
+        res = dt.fit()
         models["ANI-1x + Δ (CC - wB97X)"] = DeltaPotential(models["ANI-1x"], dt.potential())
+        fits["ANI-1x + Δ (CC - wB97X)"] = {
+            "fit_train": len(dt.train_set), "fit_valid": len(dt.valid_set), "epochs": len(res.history),
+            "stopped": res.stopped, "seconds": round(time.perf_counter() - t, 1)}
     rows = []
     for name, pot in models.items():
         ptr = [r.energy for r in pot.evaluate(list(zip(train.numbers, train.positions)), forces=False)]
@@ -174,7 +182,7 @@ def transfer(path, members_delta, epochs):
         absolute = offset_errors(ptr, train.energies, train, pte, test.energies, test)
         row = {"model": name, "relative_mae": rel["mae"], "relative_rmse": rel["rmse"], "relative_n": rel["n"],
                "offset_energy_mae": absolute["mae"], "offset_energy_rmse": absolute["rmse"],
-               "train_conformations": len(train), "test_conformations": len(test)}
+               "train_conformations": len(train), "test_conformations": len(test), **fits.get(name, {})}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -186,17 +194,25 @@ def plot_curves(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in ("curve_wb97x", "curve_gfn2"):
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for color, key in (("C0", "curve_wb97x"), ("C1", "curve_gfn2")):
         rows = results.get(key)
         if not rows:
             continue
         n = [r["train_conformations"] for r in rows]
-        ax.loglog(n, [r["energy_rmse"] for r in rows], "o-", label=f"{rows[0]['labels']} energy")
-        ax.loglog(n, [r["relative_energy_rmse"] for r in rows], "^:", label=f"{rows[0]['labels']} rel. energy")
+        lab = {"wb97x_dz": "ωB97X", "gfn2": "GFN2-xTB"}.get(rows[0]["labels"], rows[0]["labels"])
+        ax.loglog(n, [r["energy_rmse"] for r in rows], "o-", color=color, label=f"{lab} energy")
+        ax.loglog(n, [r["relative_energy_rmse"] for r in rows], "^:", color=color, label=f"{lab} rel. energy")
         if "force_rmse" in rows[0]:
-            ax.loglog(n, [r["force_rmse"] for r in rows], "s--", label=f"{rows[0]['labels']} force")
+            ax.loglog(n, [r["force_rmse"] for r in rows], "s--", color=color, label=f"{lab} force")
+    sizes = sorted({r["train_conformations"] for k in ("curve_wb97x", "curve_gfn2") for r in results.get(k, ())})
+    ax.set_xticks(sizes)
+    ax.set_yticks([1, 2, 3, 5, 10, 20, 30])
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training conformations")
     ax.set_ylabel("held-out RMSE (kcal/mol, kcal/mol/Å)")
     ax.legend(fontsize=7)
@@ -211,6 +227,8 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/phai_train_experiments")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--members", type=int, default=4)
+    ap.add_argument("--early-stopping", type=int, default=30,
+                    help="learning curves: stop after this many epochs without validation improvement (0: never)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: wb97x,gfn2,transfer")
     args = ap.parse_args()
     path = Path(args.data)
@@ -220,7 +238,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"data: {path}", flush=True)
     skip = set(args.skip.split(","))
-    results = {"data": str(path), "epochs": args.epochs, "members": args.members}
+    results = {"data": str(path), "epochs": args.epochs, "members": args.members,
+               "early_stopping": args.early_stopping}
 
     def save():  # after every part, so that an interrupted run keeps what it finished
         (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -230,14 +249,14 @@ def main() -> int:
     policies = shared_policies(path, 32) if not {"wb97x", "gfn2"} <= skip else None
     if "wb97x" not in skip:
         results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
-                                                args.epochs, FRACTIONS, policies)
+                                                args.epochs, FRACTIONS, policies, args.early_stopping)
         save()
     if "transfer" not in skip:
         results["transfer"] = transfer(path, args.members, args.epochs)
         save()
     if "gfn2" not in skip:
         results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
-                                               FRACTIONS, policies)
+                                               FRACTIONS, policies, args.early_stopping)
         save()
     return 0
 
