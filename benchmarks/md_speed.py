@@ -18,6 +18,7 @@ random orientations re-drawn until no two molecules have atoms closer than 1.6 Ã
 Usage:
   python benchmarks/md_speed.py            # full run (~25 minutes on 2 shared cores)
   python benchmarks/md_speed.py --quick    # 1,500 atoms and 1,000-10,000 scaling (~5 minutes)
+  python benchmarks/md_speed.py --scaling-only   # (b) alone, 1,000-100,000 atoms (~10 minutes)
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ def plot(rows, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scaling-only", action="store_true", help="run (b) only, no TorchANI")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--plot", default=str(HERE / "md_scaling.png"))
     args = ap.parse_args()
@@ -256,6 +258,7 @@ def main():
             print(f"  {r['atoms']:>7} atoms: {r['time_s']:8.3f} s/call ({r['atoms'] / r['time_s']:9.0f} atoms/s), "
                   f"first call {r['first_s']:7.1f} s, peak RSS {r['peak_mb'] / 1024:6.2f} GB")
     ok = [r for r in rows if "error" not in r]
+    print("  rows: " + json.dumps(rows))
     plot(rows, args.plot)
     print(f"  plot: {args.plot}")
     tenfold = None
@@ -268,6 +271,8 @@ def main():
         print(f"  last {grow:.1f}-fold in size ({small['atoms']} -> {big['atoms']} atoms): time x{tenfold:.2f} "
               f"(target <= {TARGET_TENFOLD:g}), peak memory x{mem:.2f}")
 
+    if args.scaling_only:
+        return 0
     # (a) phai and TorchANI in this process
     print("\n(a) periodic water boxes: phai vs TorchANI 2.2.4 (cell + pbc)")
     tmp = tempfile.TemporaryDirectory()

@@ -26,13 +26,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..geometry import pair_vectors
+
+# Large systems: the terms of more than CHUNK_ABOVE pairs (or triples) are summed in
+# chunks of CHUNK_SIZE inside ``lax.scan``, each chunk under ``jax.checkpoint``, so that
+# the backward pass recomputes a chunk's terms instead of keeping every intermediate of
+# every triple: memory then grows with the atoms (the [N, F] sums) rather than with the
+# ~190 triples per atom of liquid water. Read at trace time; smaller lists take the
+# direct path unchanged. ``aev(..., chunk_size=)`` overrides both per call.
+CHUNK_SIZE = 1 << 17
+CHUNK_ABOVE = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +103,7 @@ class AEVParams:
         return table
 
     @classmethod
-    def from_neurochem(cls, text: str) -> "AEVParams":
+    def from_neurochem(cls, text: str) -> AEVParams:
         """Parse the text of a NeuroChem ``.params`` file (``Rcr = ...``, ``ShfR = [..]``...).
 
         The cutoffs stay exact; the arrays are rounded to float32, as TorchANI does."""
@@ -247,7 +256,50 @@ def angular_terms(dR_j, dR_k, d_j, d_k, params: AEVParams):
     return _angular_products(angle, radial, params)
 
 
-def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
+def _segment_sum_over(terms_fn, lists, num_segments: int, chunk_size, sentinel: int):
+    """``segment_sum(*terms_fn(lists), num_segments)``, optionally over chunks of the lists.
+
+    Args:
+      terms_fn: ``lists [L, M] int32 -> (terms [M', W], rows [M'] int32)``, elementwise in
+        the list entries (``M'`` a fixed multiple of ``M``); entries holding the sentinel
+        must give rows ``num_segments - 1`` (the dropped row).
+      lists: ``[L, M]`` int32 index lists, sentinel in padding entries.
+      num_segments: rows of the result (the last one collects padding).
+      chunk_size: ``None`` for one pass; else the lists are padded with their sentinel
+        to a multiple of ``chunk_size`` and summed chunk by chunk in ``lax.scan``, each
+        chunk's terms under ``jax.checkpoint`` (recomputed in the backward pass).
+      sentinel: the padding index (the atom count ``N``).
+
+    Returns:
+      ``[num_segments, W]`` sums. Chunked and direct results differ only by the order of
+      floating-point additions.
+    """
+    m = lists.shape[1]
+    if chunk_size is None or m <= chunk_size:
+        terms, rows = terms_fn(lists)
+        return jax.ops.segment_sum(terms, rows, num_segments=num_segments)
+    chunks = -(-m // chunk_size)
+    pad = jnp.full((lists.shape[0], chunks * chunk_size - m), sentinel, lists.dtype)
+    xs = jnp.concatenate([lists, pad], axis=1).reshape(lists.shape[0], chunks, chunk_size).transpose(1, 0, 2)
+    chunk_fn = jax.checkpoint(terms_fn, prevent_cse=False)
+    shape = jax.eval_shape(terms_fn, xs[0])[0]
+
+    def body(acc, x):
+        terms, rows = chunk_fn(x)
+        return acc.at[rows].add(terms, mode="promise_in_bounds"), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros((num_segments, shape.shape[1]), shape.dtype), xs)
+    return acc
+
+
+def _chunking(size: int, chunk_size):
+    """The chunk size for a list of ``size`` entries (``None``: one pass)."""
+    if chunk_size is not None:
+        return int(chunk_size) if chunk_size > 0 else None
+    return CHUNK_SIZE if size > CHUNK_ABOVE else None
+
+
+def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None, chunk_size=None):
     """ANI AEVs of a flat padded atom set.
 
     Args:
@@ -260,6 +312,9 @@ def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
         centre, each unordered neighbor pair once, padding ``N``.
       params: :class:`AEVParams`.
       displacement_fn: jax-md displacement (free space if ``None``).
+      chunk_size: ``None`` (default): lists longer than ``CHUNK_ABOVE`` are summed in
+        chunks of ``CHUNK_SIZE`` (module constants, bounded memory for large systems);
+        a positive int: chunks of that size for any list longer than it; ``0``: never.
 
     Returns:
       ``[N, F]`` AEVs in the dtype of ``R``.
@@ -268,7 +323,9 @@ def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
     dense neighbor list inside jit). Terms are summed into their species blocks with
     ``segment_sum`` over the row index ``atom * blocks + block``; padding entries go to
     one extra row that is dropped. Each radial term is computed once and added to both
-    atoms of its pair, as in TorchANI.
+    atoms of its pair, as in TorchANI. Chunked sums (large lists) run in ``lax.scan`` with
+    each chunk rematerialised in the backward pass: the result is the same up to the
+    order of floating-point additions.
     """
     n = R.shape[0]
     S = params.num_species
@@ -276,25 +333,31 @@ def aev(R, species, pairs, triples, params: AEVParams, displacement_fn=None):
     at = lambda idx: safe_species[jnp.minimum(idx, n - 1)]
 
     # radial: [P, n_R], added to row i*S + s_j and to row j*S + s_i
-    i, j = pairs[0], pairs[1]
-    _, d, mask = pair_vectors(R, i, j, displacement_fn)
-    rad = radial_terms(d, params)
-    rows = jnp.concatenate([jnp.where(mask, i * S + at(j), n * S), jnp.where(mask, j * S + at(i), n * S)])
-    radial = jax.ops.segment_sum(jnp.concatenate([rad, rad]), rows, num_segments=n * S + 1)[:-1]
+    def radial_rows(pl):
+        i, j = pl[0], pl[1]
+        _, d, mask = pair_vectors(R, i, j, displacement_fn)
+        rad = radial_terms(d, params)
+        rows = jnp.concatenate([jnp.where(mask, i * S + at(j), n * S), jnp.where(mask, j * S + at(i), n * S)])
+        return jnp.concatenate([rad, rad]), rows
+
+    radial = _segment_sum_over(radial_rows, pairs, n * S + 1, _chunking(pairs.shape[1], chunk_size), n)[:-1]
     radial = radial.reshape(n, S * params.radial_sublength)
 
     # angular: [T, n_A] into row centre*C + pair block of (s_j, s_k)
-    c, tj, tk = triples[0], triples[1], triples[2]
-    dRj, dj, maskt = pair_vectors(R, c, tj, displacement_fn)
-    dRk, dk, _ = pair_vectors(R, c, tk, displacement_fn)
-    angle, rad_a = angular_factors(_cosines(dRj, dRk, dj, dk), dj, dk, params)
-    terms = _angular_products(angle, rad_a, params)
     table = jnp.asarray(params.species_pair_table())
     C = params.num_species_pairs
-    rows = jnp.where(maskt, c * C + table[at(tj), at(tk)], n * C)
-    angular = jax.ops.segment_sum(terms, rows, num_segments=n * C + 1)[:-1]
+
+    def angular_rows(tl):
+        c, tj, tk = tl[0], tl[1], tl[2]
+        dRj, dj, maskt = pair_vectors(R, c, tj, displacement_fn)
+        dRk, dk, _ = pair_vectors(R, c, tk, displacement_fn)
+        angle, rad_a = angular_factors(_cosines(dRj, dRk, dj, dk), dj, dk, params)
+        terms = _angular_products(angle, rad_a, params)
+        return terms, jnp.where(maskt, c * C + table[at(tj), at(tk)], n * C)
+
+    angular = _segment_sum_over(angular_rows, triples, n * C + 1, _chunking(triples.shape[1], chunk_size), n)[:-1]
     angular = angular.reshape(n, C * params.angular_sublength)
     return jnp.concatenate([radial, angular], axis=-1)
 
 
-__all__: Sequence[str] = ("AEVParams", "aev", "radial_terms", "angular_factors", "angular_terms")
+__all__: Sequence[str] = ("AEVParams", "aev", "angular_factors", "angular_terms", "radial_terms")
