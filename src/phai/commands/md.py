@@ -10,7 +10,9 @@ run in jitted ``lax.scan`` chunks of ``--log-every`` steps.
 Writes the trajectory (``--traj``, default ``md.extxyz``: extended XYZ, one frame every
 ``--log-every`` steps, appended and flushed as it goes) and a CSV log (``--log``, default
 ``md.csv``) with exactly the columns ``time_fs,potential_eV,kinetic_eV,total_eV,temperature_K``.
-Molecules (pbc all False) and periodic cells (pbc all True, neighbor lists) are supported.
+Molecules (pbc all False) and periodic cells (pbc all True, neighbor lists) are supported;
+AIMNet2 models (``--model aimnet2-wb97m-d3``, total charge ``--charge``, default the file's
+``charge`` or 0) run molecules only.
 
 Bad input (exit 2, one line): temperature < 0 K or above 10,000 K (NVT also needs > 0 K),
 time step <= 0 fs or above 5 fs (above 2 fs: a warning), steps <= 0. A diverging trajectory
@@ -26,7 +28,6 @@ import warnings
 
 from .optimize import add_model_options, load_potential, one_frame
 
-
 # The defaults of phai.md.run (kept here so that building the parser does not import jax-md).
 DEFAULT_FRICTION = 0.01  # 1/fs
 DEFAULT_TAU = 100.0  # fs
@@ -38,6 +39,8 @@ def register(sub) -> None:
                        description="Molecular dynamics with jax-md. Units: Å, eV, fs, amu, K.")
     p.add_argument("file", metavar="FILE", help="any file ASE reads (a molecule or a periodic cell)")
     add_model_options(p, precision="float32")
+    p.add_argument("--charge", type=float, default=None,
+                   help="total charge (e) for charge-aware models (AIMNet2); default: the file's, else 0")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt", help="default nvt")
     p.add_argument("--thermostat", choices=["langevin", "nose-hoover"], default="langevin",
                    help="NVT thermostat (default langevin)")
@@ -82,7 +85,7 @@ def run(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the dt warning was printed above
         res = run_md(atoms, load_potential(args), trajectory=args.traj, log=args.log,
-                     progress=not args.no_progress, settings=settings)
+                     progress=not args.no_progress, settings=settings, charge=args.charge)
     n = len(res.steps)
     half = res.temperature[n // 2:]
     print(f"structure        {atoms.get_chemical_formula()} ({len(atoms)} atoms), {args.model} {args.model_precision}")

@@ -7,6 +7,8 @@ neighbor lists with overflow handling.
 >>> displacement, shift = space.free()
 >>> energy_fn = phai.md.ani_energy(pot, displacement, numbers)        # eV of R [A, 3] (Å)
 >>> init, apply = simulate.nve(energy_fn, shift, dt=0.5 * phai.md.FS)  # time in phai.md units
+>>> aim = phai.load("aimnet2-wb97m-d3")                                # free space only (no Ewald)
+>>> energy_fn = phai.md.aimnet2_energy(aim, displacement, numbers, charge=1)
 """
 
 from ..geometry.cell import (
@@ -16,6 +18,11 @@ from ..geometry.cell import (
     minimum_image,
     perpendicular_widths,
     wrap_positions,
+)
+from .aimnet2 import (
+    aimnet2_energy,
+    aimnet2_energy_from_neighbors,
+    aimnet2_neighbor_list,
 )
 from .energy import (
     ALL_PAIRS_MAX_ATOMS,
@@ -42,6 +49,9 @@ __all__ = [
     "ANINeighborList",
     "ANINeighborListFns",
     "NeighborListOverflow",
+    "aimnet2_energy",
+    "aimnet2_energy_from_neighbors",
+    "aimnet2_neighbor_list",
     "all_pair_lists",
     "ani_energy",
     "ani_energy_from_lists",

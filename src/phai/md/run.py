@@ -10,7 +10,9 @@ of ``log_every`` steps; after each chunk the host logs one frame.
 Energy functions come from :mod:`phai.md.energy`: all pairs and triples for molecules up to
 ``ALL_PAIRS_LIMIT`` atoms, jax-md neighbor lists (overflow detected; the chunk is redone
 with a larger list) for larger molecules and for periodic cells (``pbc`` all True;
-positions are wrapped into the cell).
+positions are wrapped into the cell). AIMNet2 (:mod:`phai.md.aimnet2`) runs molecules only,
+with a fixed total ``charge`` (all pairs up to ``AIMNET2_ALL_PAIRS_LIMIT`` atoms, a jax-md
+neighbor list beyond); a periodic cell is refused (its Coulomb term would need Ewald sums).
 
 Units: Å, eV, fs, amu, K. jax-md is unit-free; with Å, eV and amu its time unit is
 ``Å sqrt(amu/eV) = 10.18 fs`` (``phai.md.FS`` per fs), and momenta come out in ASE's units
@@ -51,6 +53,7 @@ MAX_DT_FS = 5.0  # above: an error (hydrogen vibrations have ~9 fs periods; Verl
 WARN_DT_FS = 2.0  # above: a warning (energy conservation with hydrogens degrades)
 MAX_TEMPERATURE_K = 10_000.0  # above: an error (far outside any molecular potential's data)
 ALL_PAIRS_LIMIT = 64  # free-space molecules up to this size use all pairs/triples (A^3 triples)
+AIMNET2_ALL_PAIRS_LIMIT = 200  # AIMNet2 molecules up to this size list every other atom (A^2 slots)
 DEFAULT_FRICTION = 0.01  # 1/fs (Langevin; 100 fs relaxation time)
 DEFAULT_TAU = 100.0  # fs (Nose-Hoover chain time constant)
 DEFAULT_MAX_ENERGY_JUMP = 0.05  # eV/atom (NVE total-energy change that counts as divergence)
@@ -172,11 +175,12 @@ class _System(NamedTuple):
     box: object  # None in free space (jax-md box otherwise)
 
 
-def _system(potential, atoms, R) -> _System:
+def _system(potential, atoms, R, charge: int = 0) -> _System:
     """jax-md energy function, shift and (optionally) neighbor-list functions for ``atoms``."""
     import jax.numpy as jnp
     from jax_md import space
 
+    from . import aimnet2 as md_aimnet2
     from . import box_from_cell
     from . import energy as md_energy
 
@@ -185,6 +189,19 @@ def _system(potential, atoms, R) -> _System:
         raise InputError(f"mixed periodicity (pbc={pbc.tolist()}) is not supported: use all True (a periodic "
                          f"cell) or all False (a molecule)")
     numbers = atoms.get_atomic_numbers()
+    if md_aimnet2.is_aimnet2(potential):
+        if pbc.any():
+            raise InputError(f"{potential.name} runs molecules only (pbc all False): its Coulomb and D3 terms "
+                             f"sum over all pairs, and a periodic cell would need Ewald summation, which phai "
+                             f"does not implement")
+        disp, shift = space.free()
+        if len(numbers) <= AIMNET2_ALL_PAIRS_LIMIT:
+            e_all = md_aimnet2.aimnet2_energy(potential, disp, numbers, charge=charge)
+            return _System(lambda R_, neighbor=None, **kw: e_all(R_, **kw), shift, None, None)
+        span = np.ptp(np.asarray(atoms.positions), axis=0).max() + 2 * potential.cfg.cutoff
+        nfn, efn = md_aimnet2.aimnet2_neighbor_list(potential, disp, float(span), numbers, charge=charge,
+                                                    disable_cell_list=True)
+        return _System(efn, shift, nfn, None)
     if pbc.all():
         box = jnp.asarray(box_from_cell(atoms.cell), R.dtype)
         off_diagonal = np.asarray(box) - np.diag(np.diag(np.asarray(box)))
@@ -275,14 +292,15 @@ class _Writers:
 
 
 def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bool = False,
-           momenta=None, settings: MDSettings | None = None, **options) -> MDResult:
+           momenta=None, settings: MDSettings | None = None, charge=None, **options) -> MDResult:
     """Run molecular dynamics of ``atoms`` with a phai potential and jax-md.
 
     Args:
       atoms: ``ase.Atoms``, a molecule (``pbc`` all False) or a periodic cell (all True).
         Not modified.
-      potential: model name for :func:`phai.load` (float32) or a loaded ANI potential; a
-        float64 potential runs the whole trajectory in float64.
+      potential: model name for :func:`phai.load` (float32) or a loaded ANI or AIMNet2
+        potential; a float64 potential runs the whole trajectory in float64. AIMNet2 runs
+        molecules only (a periodic cell is an :class:`InputError`).
       trajectory: path of an extended XYZ file written frame by frame (step 0 first),
         with ``time_fs``, ``step``, ``potential_eV``, ``kinetic_eV``, ``temperature_K`` in
         each frame's info and momenta (amu Å / ASE time unit).
@@ -290,6 +308,8 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
       progress: show a tqdm progress bar (on stderr).
       momenta: ``[A, 3]`` initial momenta (amu Å / ASE time, e.g. ``atoms.get_momenta()`` of
         a previous run's last frame) instead of Maxwell-Boltzmann ones.
+      charge: total charge (e), fixed along the run; None: ``atoms.info["charge"]`` (default
+        0). Only charge-aware models (AIMNet2) take a non-zero charge.
       settings: an :class:`MDSettings`, or its fields as keywords (``ensemble``,
         ``temperature`` K, ``dt`` fs, ``steps``, ``log_every``, ``seed``, ``thermostat``,
         ``friction`` 1/fs, ``tau`` fs, ``max_energy_jump`` eV/atom).
@@ -308,13 +328,25 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
 
     s = (settings or MDSettings()).check() if not options else dataclasses.replace(
         settings or MDSettings(), **options).check()
+    from .aimnet2 import is_aimnet2
+
     pot = resolve_potential(potential, None if not isinstance(potential, str) else "float32")
-    if not hasattr(pot, "config") or not hasattr(pot.config, "aev"):
-        raise InputError(f"MD supports ANI potentials for now, not {type(pot).__name__}")
-    if atoms.info.get("charge", 0) not in (0, None):
-        raise InputError(f"{pot.name} is trained on neutral molecules; the structure has charge "
-                         f"{atoms.info.get('charge')}")
-    z, _ = validate_structure(atoms.get_atomic_numbers(), atoms.get_positions(), supported=pot.atomic_numbers,
+    aimnet = is_aimnet2(pot)
+    if not aimnet and (not hasattr(pot, "config") or not hasattr(getattr(pot, "config", None), "aev")):
+        raise InputError(f"MD supports ANI and AIMNet2 potentials, not {type(pot).__name__}")
+    if charge is None:
+        charge = atoms.info.get("charge", 0)
+        charge = 0 if charge is None else charge
+    if aimnet:
+        from ..models.aimnet2 import check_charge_multiplicity
+
+        charge, _ = check_charge_multiplicity(atoms.get_atomic_numbers(), charge,
+                                              atoms.info.get("multiplicity"))
+    elif charge != 0:
+        raise InputError(f"{pot.name} is trained on neutral molecules; the structure has charge {charge} "
+                         f"(use a charge-aware model such as aimnet2-wb97m-d3)")
+    supported = pot.elements if aimnet else pot.atomic_numbers
+    z, _ = validate_structure(atoms.get_atomic_numbers(), atoms.get_positions(), supported=supported,
                               model=pot.name)
     x64 = pot.precision == "float64"
     a = len(z)
@@ -369,7 +401,7 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
             warnings.filterwarnings("ignore", message="Explicitly requested dtype float64")
             dtype = jnp.float64 if x64 else jnp.float32
             R0 = jnp.asarray(atoms.get_positions(), dtype)
-            eng = _engine(pot, atoms, s, x64, dof, t_limit)
+            eng = _engine(pot, atoms, s, x64, dof, t_limit, charge)
             system = eng.system
             if system.box is not None:
                 from . import wrap_positions
@@ -439,11 +471,11 @@ class _Engine:
     compiled code instead of tracing new closures.
     """
 
-    def __init__(self, pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float):
+    def __init__(self, pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float, charge: int = 0):
         import jax
         import jax.numpy as jnp
 
-        self.system = _system(pot, atoms, jnp.zeros((len(atoms), 3), jnp.float64 if x64 else jnp.float32))
+        self.system = _system(pot, atoms, jnp.zeros((len(atoms), 3), jnp.float64 if x64 else jnp.float32), charge)
         init_fn, self.apply_fn = _simulator(self.system, s)
         extra = {"kT": s.temperature * _kb()} if s.ensemble == "nve" else {}
         system = self.system
@@ -467,14 +499,14 @@ _ENGINES: dict = {}
 _MAX_ENGINES = 4
 
 
-def _engine(pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float) -> _Engine:
+def _engine(pot, atoms, s: MDSettings, x64: bool, dof: int, t_limit: float, charge: int = 0) -> _Engine:
     key = (pot, tuple(atoms.get_atomic_numbers().tolist()), tuple(bool(b) for b in atoms.pbc),
            np.asarray(atoms.cell, np.float64).tobytes() if any(atoms.pbc) else None, x64, s.ensemble, s.thermostat,
-           s.dt, s.temperature, s.friction, s.tau, dof, t_limit)
+           s.dt, s.temperature, s.friction, s.tau, dof, t_limit, int(charge))
     if key not in _ENGINES:
         if len(_ENGINES) >= _MAX_ENGINES:
             _ENGINES.pop(next(iter(_ENGINES)))
-        _ENGINES[key] = _Engine(pot, atoms, s, x64, dof, t_limit)
+        _ENGINES[key] = _Engine(pot, atoms, s, x64, dof, t_limit, int(charge))
     return _ENGINES[key]
 
 
