@@ -38,7 +38,7 @@ import numpy as np
 
 from phai.labels.conformers import Conformer, sample_conformers
 from phai.labels.labellers import PySCFUKSLabeller
-from phai.labels.store import label_many, load_records, summary
+from phai.labels.store import _umask_mode, label_many, load_records, summary
 
 SEED = 0
 TEMPERATURE = 600.0  # K: as the CHNO set (ANI-Tools' NMS temperature)
@@ -167,6 +167,7 @@ def export(store: Path, out_path: Path, level: str | None = None) -> dict:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.fchmod(fd, _umask_mode())
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:

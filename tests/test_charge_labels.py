@@ -5,6 +5,7 @@ density-fitted) runs the same code path.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,62 @@ def test_level_parsing_and_store_roundtrip(tmp_path):
     assert sum(recs[-1]["extras"]["charges"]) == pytest.approx(-1, abs=1e-6)
     json.dumps(recs[-1])  # plain JSON
     assert label_many(lab, confs, tmp_path)["reused"] == 2
+
+
+DATA = Path(__file__).parent / "data" / "charge_labels" / "charge_labels.h5"
+
+
+def test_committed_charge_set_layout_and_sum_rules():
+    h5py = pytest.importorskip("h5py")
+    from phai.data import read_ani_h5
+
+    states = {"anion": -1, "neutral": 0, "cation": 1}
+    triples = 0
+    with h5py.File(DATA) as f:
+        assert f.attrs["level"] == "uwb97x/6-31+g*/df"
+        for name in f:
+            mol = f[name]
+            assert set(mol) == set(states)
+            x0 = mol["neutral/coordinates"][()]
+            finite = []
+            for state, q in states.items():
+                g = mol[state]
+                z = g["atomic_numbers"][()].astype(int)
+                mult = int(g.attrs["multiplicity"])
+                assert int(g.attrs["charge"]) == q
+                assert mult == (1 if (z.sum() - q) % 2 == 0 else 2)  # lowest multiplicity of each state
+                np.testing.assert_array_equal(g["coordinates"][()], x0)  # vertical: same geometries
+                ok = np.isfinite(g["wb97x_pd.energy"][()])
+                finite.append(ok)
+                if not ok.any():
+                    continue
+                pa, pb = g["wb97x_pd.pop_alpha"][()][ok], g["wb97x_pd.pop_beta"][()][ok]
+                np.testing.assert_allclose(pa.sum(1), (z.sum() - q + mult - 1) / 2, atol=1e-6)
+                np.testing.assert_allclose(pb.sum(1), (z.sum() - q - mult + 1) / 2, atol=1e-6)
+                np.testing.assert_allclose(g["wb97x_pd.charges"][()][ok].sum(1), q, atol=1e-6)
+                np.testing.assert_allclose(g["wb97x_pd.q_alpha"][()][ok].sum(1), (q - mult + 1) / 2, atol=1e-6)
+                np.testing.assert_allclose(g["wb97x_pd.spin"][()][ok].sum(1), mult - 1, atol=1e-6)
+                assert np.isfinite(g["wb97x_pd.forces"][()][ok]).all()
+            both = finite[0] & finite[1] & finite[2]
+            triples += int(both.sum())
+            e = {s: mol[s]["wb97x_pd.energy"][()][both] for s in states}
+            assert np.all(e["cation"] > e["neutral"])  # a positive vertical IP for every geometry
+    assert triples >= 24
+    c = read_ani_h5(DATA, "wb97x_pd.energy", "wb97x_pd.forces", properties=("charge", "wb97x_pd.charges"))
+    assert len(c) >= 3 * triples
+
+
+def test_committed_label_is_reproduced():
+    """Recompute one stored label (water cation) with the labeller at the set's level."""
+    h5py = pytest.importorskip("h5py")
+
+    with h5py.File(DATA) as f:
+        g = f["water/cation"]
+        c = int(np.flatnonzero(np.isfinite(g["wb97x_pd.energy"][()]))[0])
+        z, x = g["atomic_numbers"][()].astype(int), g["coordinates"][c]
+        e, frc, q = g["wb97x_pd.energy"][c], g["wb97x_pd.forces"][c], g["wb97x_pd.charges"][c]
+        assert g["wb97x_pd.energy"].attrs["units"] == "Hartree"
+    out = PySCFUKSLabeller(basis="6-31+g*", density_fit=True, conv_tol=1e-9).label(z, x, 1, 2)
+    assert out["energy"] == pytest.approx(e * HARTREE_TO_EV, abs=1e-5)
+    np.testing.assert_allclose(out["forces"], frc * HARTREE_TO_EV, atol=1e-4)
+    np.testing.assert_allclose(out["charges"], q, atol=1e-5)
