@@ -81,7 +81,8 @@ def shared_policies(path, batch_size):
     return ShapePolicy(tr.policy.state), ShapePolicy(tr.policy.state)
 
 
-def learning_curve(path, energy_key, forces_key, members, epochs, fractions, policies=None, early_stopping=30):
+def learning_curve(path, energy_key, forces_key, members, epochs, fractions, policies=None, early_stopping=30,
+                   best=True):
     """Held-out errors of ensembles trained on nested random subsets of the training molecules'
     conformations (the same permutation, so each subset contains the smaller ones)."""
     from phai.train import (
@@ -107,7 +108,7 @@ def learning_curve(path, energy_key, forces_key, members, epochs, fractions, pol
         if policies is not None:
             tr.policy, tr.eval_policy = (ShapePolicy(list(p.state)) for p in policies)
         res = tr.fit()
-        pot = tr.potential()
+        pot = tr.potential(best=best)
         e, f = force_errors(pot, test)
         rel = relative_energy_metrics(e, test.energies, test.groups)
         row = {"labels": energy_key.split(".")[0], "train_conformations": len(tr.train_set),
@@ -229,6 +230,8 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=4)
     ap.add_argument("--early-stopping", type=int, default=30,
                     help="learning curves: stop after this many epochs without validation improvement (0: never)")
+    ap.add_argument("--weights", choices=("best", "final"), default="best",
+                    help="learning curves: each member's best-validation weights, or the last epoch's")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: wb97x,gfn2,transfer")
     args = ap.parse_args()
     path = Path(args.data)
@@ -239,7 +242,7 @@ def main() -> int:
     print(f"data: {path}", flush=True)
     skip = set(args.skip.split(","))
     results = {"data": str(path), "epochs": args.epochs, "members": args.members,
-               "early_stopping": args.early_stopping}
+               "early_stopping": args.early_stopping, "weights": args.weights}
 
     def save():  # after every part, so that an interrupted run keeps what it finished
         (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -249,14 +252,16 @@ def main() -> int:
     policies = shared_policies(path, 32) if not {"wb97x", "gfn2"} <= skip else None
     if "wb97x" not in skip:
         results["curve_wb97x"] = learning_curve(path, "wb97x_dz.energy", "wb97x_dz.forces", args.members,
-                                                args.epochs, FRACTIONS, policies, args.early_stopping)
+                                                args.epochs, FRACTIONS, policies, args.early_stopping,
+                                                args.weights == "best")
         save()
     if "transfer" not in skip:
         results["transfer"] = transfer(path, args.members, args.epochs)
         save()
     if "gfn2" not in skip:
         results["curve_gfn2"] = learning_curve(path, "gfn2.energy", "gfn2.forces", args.members, args.epochs,
-                                               FRACTIONS, policies, args.early_stopping)
+                                               FRACTIONS, policies, args.early_stopping,
+                                                args.weights == "best")
         save()
     return 0
 
