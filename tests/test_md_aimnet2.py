@@ -123,7 +123,8 @@ def test_phai_md_command_runs_aimnet2_with_a_charge(tmp_path, capsys):
     assert rows[0] == "time_fs,potential_eV,kinetic_eV,total_eV,temperature_K" and len(rows) == 4
     total = np.array([float(r.split(",")[3]) for r in rows[1:]])
     assert np.ptp(total) < 0.01  # eV, float32
-    assert len(read(traj, ":")) == 3
+    frames = read(traj, ":")
+    assert len(frames) == 3 and all(f.info["charge"] == 1 for f in frames)
     # ANI is charge-blind: a charge is refused with a clear message (exit 2)
     assert main(["md", str(MOLECULES / "ethanol.xyz"), "--charge", "1", "--steps", "2", "--no-progress",
                  "--traj", str(traj), "--log", str(log)]) == 2

@@ -363,6 +363,8 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
     base = atoms.copy()
     base.calc = None
     base.set_constraint()
+    if aimnet:
+        base.info["charge"] = int(charge)  # frames re-read later keep the charge they were run with
 
     ctx = jax.enable_x64(True) if x64 else contextlib.nullcontext()
     writers = _Writers(trajectory, log)
