@@ -30,6 +30,7 @@ from .huckel import (
     ElementParameters,
     huckel_orbitals_batch,
     huckel_system,
+    stack_systems,
 )
 
 MAX_BATCH = 64
@@ -105,7 +106,7 @@ def run_batched(structures: Sequence, *, kernel: Kernel | None = None, matrices:
             system = huckel_system(z, charge=q, parameters=parameters)
         except InputError as err:
             raise type(err)(f"{labels[k]}: {err}") from None
-        mols.append((z, r, int(q), int(system.n_orbitals)))
+        mols.append((z, r, system, int(system.n_orbitals)))
     groups: dict[tuple[int, int], list[int]] = {}
     for k, (z, _, _, n_orb) in enumerate(mols):
         groups.setdefault((bucket(len(z)), bucket(n_orb)), []).append(k)
@@ -117,23 +118,23 @@ def run_batched(structures: Sequence, *, kernel: Kernel | None = None, matrices:
                 rows = chunk + [chunk[0]] * (_batch_size(len(chunk)) - len(chunk))
                 numbers = np.zeros((len(rows), a_slots), np.int32)
                 pos = np.zeros((len(rows), a_slots, 3))
-                systems = []
                 for b, k in enumerate(rows):
-                    z, r, q, _ = mols[k]
+                    z, r, _, _ = mols[k]
                     numbers[b, :len(z)] = z
                     pos[b, :len(z)] = r
-                    systems.append(huckel_system(z, charge=q, n_orbitals=o_slots, parameters=parameters))
-                system = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *systems)
+                systems = [mols[k][2] for k in rows]
+                system = jax.tree.map(jnp.asarray, stack_systems(systems, o_slots))
                 w, H, S = kernel(jnp.asarray(numbers), jnp.asarray(pos), system)
                 w, H, S = np.asarray(w), np.asarray(H), np.asarray(S)
+                all_finite = np.isfinite(w).all() and np.isfinite(H).all() and np.isfinite(S).all()
                 for b, k in enumerate(chunk):
                     n = mols[k][3]
-                    h, s = _sym(H[b, :n, :n]), _sym(S[b, :n, :n])  # exactly symmetric (rounding)
-                    res = Orbitals(w[b, :n], int(systems[b].n_electrons) // 2 - 1,
-                                   h if matrices else None, s if matrices else None)
-                    try:
-                        check_finite(hamiltonian=H[b, :n, :n], overlap=S[b, :n, :n], orbital_energies=res.energies)
-                    except InputError as err:
-                        raise type(err)(f"{labels[k]}: {err}") from None
-                    out[k] = res
+                    if not all_finite:  # name the structure and the first bad array
+                        try:
+                            check_finite(hamiltonian=H[b, :n, :n], overlap=S[b, :n, :n],
+                                         orbital_energies=w[b, :n])
+                        except InputError as err:
+                            raise type(err)(f"{labels[k]}: {err}") from None
+                    h, s = (_sym(H[b, :n, :n]), _sym(S[b, :n, :n])) if matrices else (None, None)
+                    out[k] = Orbitals(w[b, :n], int(systems[b].n_electrons) // 2 - 1, h, s)
     return out

@@ -44,7 +44,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,36 @@ def _check_elements(z: np.ndarray, parameters: Mapping[int, ElementParameters]) 
             f"parameters exist for {allowed}")
 
 
+@functools.lru_cache(maxsize=32)
+def _orbital_table(items: tuple) -> tuple[np.ndarray, ...]:
+    """Per-element orbital rows of a parameter table, as lookup arrays indexed by ``Z``.
+
+    Returns ``(count [Zmax+1], n, l, axis [Zmax+1, 4] int32, alpha, zeta [Zmax+1, 4] float64,
+    valence [Zmax+1])``: element ``Z`` owns rows ``0..count[Z]-1`` (s, then p_x, p_y, p_z).
+    """
+    zmax = max(z for z, _ in items)
+    count = np.zeros(zmax + 1, np.int64)
+    valence = np.zeros(zmax + 1, np.int64)
+    n, l, axis = (np.zeros((zmax + 1, 4), np.int32) for _ in range(3))
+    alpha, zeta = np.zeros((zmax + 1, 4)), np.ones((zmax + 1, 4))
+    for z, p in items:
+        count[z], valence[z] = p.n_orbitals, p.valence_electrons
+        n[z] = p.n
+        alpha[z, 0], zeta[z, 0] = p.alpha_s, p.zeta_s
+        if p.alpha_p is not None:
+            l[z, 1:], axis[z, 1:] = 1, (0, 1, 2)
+            alpha[z, 1:], zeta[z, 1:] = p.alpha_p, p.zeta_p
+    return count, n, l, axis, alpha, zeta, valence
+
+
+def _as_numbers(numbers) -> np.ndarray:
+    """``atomic_numbers``, with a fast path for a 1-D integer array already in range."""
+    if (isinstance(numbers, np.ndarray) and numbers.ndim == 1 and numbers.dtype.kind in "iu"
+            and numbers.size and 1 <= numbers.min() and numbers.max() < len(SYMBOLS)):
+        return numbers.astype(np.int64, copy=False)
+    return atomic_numbers(numbers)
+
+
 def huckel_system(numbers, *, charge: int = 0, n_orbitals: int | None = None,
                   parameters: Mapping[int, ElementParameters] = HOFFMANN) -> HuckelSystem:
     """Build the basis and default parameters of one molecule, on the host (NumPy).
@@ -180,42 +211,59 @@ def huckel_system(numbers, *, charge: int = 0, n_orbitals: int | None = None,
       OddElectronCountError: odd, negative or too many electrons for a closed shell.
       InputError: ``n_orbitals`` smaller than the molecule needs.
     """
-    z = atomic_numbers(numbers)
+    z = _as_numbers(numbers)
     if z.size == 0:
         raise InputError("the structure is empty: it has no atoms")
     _check_elements(z, parameters)
-    atom, n, l, axis, alpha, zeta = [], [], [], [], [], []
-    for i, zi in enumerate(z.tolist()):
-        p = parameters[zi]
-        atom.append(i), n.append(p.n), l.append(0), axis.append(0)
-        alpha.append(p.alpha_s), zeta.append(p.zeta_s)
-        if p.alpha_p is not None:
-            for k in range(3):
-                atom.append(i), n.append(p.n), l.append(1), axis.append(k)
-                alpha.append(p.alpha_p), zeta.append(p.zeta_p)
-    n_real = len(atom)
+    count, n, l, axis, alpha, zeta, valence = _orbital_table(tuple(sorted(parameters.items())))
+    keep = np.arange(4)[None, :] < count[z][:, None]  # [A, 4] real orbital rows, atom by atom
+    n_real = int(keep.sum())
     size = n_real if n_orbitals is None else int(n_orbitals)
     if size < n_real:
         raise InputError(f"the molecule has {n_real} orbitals but n_orbitals={size}: "
                          f"raise n_orbitals to at least {n_real}")
     if charge != int(charge):
         raise InputError(f"charge must be an integer, got {charge}")
-    n_el = sum(parameters[zi].valence_electrons for zi in z.tolist()) - int(charge)
+    n_el = int(valence[z].sum()) - int(charge)
     if n_el % 2 or n_el <= 0 or n_el > 2 * n_real:
         raise OddElectronCountError(
             f"{n_el} valence electrons (charge {int(charge)}) cannot fill {n_real} orbitals "
             f"in pairs: closed-shell extended Hückel needs an even count between 2 and "
             f"{2 * n_real}; check the charge")
-    pad = size - n_real
-    basis = STOBasis(
-        atom=np.asarray(atom + [0] * pad, np.int32),
-        n=np.asarray(n + [1] * pad, np.int32),
-        l=np.asarray(l + [0] * pad, np.int32),
-        axis=np.asarray(axis + [0] * pad, np.int32),
-        mask=np.arange(size) < n_real,
-    )
-    return HuckelSystem(basis, np.asarray(alpha + [0.0] * pad), np.asarray(zeta + [1.0] * pad),
-                        np.int32(n_el), np.int32(n_real))
+
+    def rows(table, pad_value):
+        out = np.full(size, pad_value, table.dtype)
+        out[:n_real] = table[z][keep]
+        return out
+
+    atom = np.zeros(size, np.int32)
+    atom[:n_real] = np.broadcast_to(np.arange(len(z), dtype=np.int32)[:, None], keep.shape)[keep]
+    basis = STOBasis(atom=atom, n=rows(n, 1), l=rows(l, 0), axis=rows(axis, 0),
+                     mask=np.arange(size) < n_real)
+    return HuckelSystem(basis, rows(alpha, 0.0), rows(zeta, 1.0), np.int32(n_el), np.int32(n_real))
+
+
+def stack_systems(systems: Sequence[HuckelSystem], n_orbitals: int) -> HuckelSystem:
+    """Pad unbatched :class:`HuckelSystem` s (NumPy) to ``n_orbitals`` slots and stack them.
+
+    Equal to stacking ``huckel_system(numbers_b, ..., n_orbitals=n_orbitals)`` over the
+    molecules, without rebuilding any of them. Returns NumPy fields with a leading ``B`` axis.
+    """
+    size, count = int(n_orbitals), len(systems)
+    atom, l, axis = (np.zeros((count, size), np.int32) for _ in range(3))
+    n = np.ones((count, size), np.int32)
+    mask = np.zeros((count, size), bool)
+    alpha, zeta = np.zeros((count, size)), np.ones((count, size))
+    for b, system in enumerate(systems):
+        k = len(system.alpha)
+        if k > size:
+            raise InputError(f"molecule {b} has {k} orbital slots, more than n_orbitals={size}")
+        sb = system.basis
+        atom[b, :k], n[b, :k], l[b, :k], axis[b, :k], mask[b, :k] = sb.atom, sb.n, sb.l, sb.axis, sb.mask
+        alpha[b, :k], zeta[b, :k] = system.alpha, system.zeta
+    return HuckelSystem(STOBasis(atom, n, l, axis, mask), alpha, zeta,
+                        np.asarray([s.n_electrons for s in systems], np.int32),
+                        np.asarray([s.n_orbitals for s in systems], np.int32))
 
 
 def huckel_batch(numbers_list: Sequence, positions_list: Sequence, *,

@@ -57,6 +57,12 @@ and a p, or two p of one shell, are orthogonal on one centre). Such pairs, and t
 atoms at exactly the same place (YAeHMOP also sets those overlaps to zero), are evaluated at a
 dummy distance behind a double ``where``, so values and gradients stay finite.
 
+**Cost.** :func:`overlap_matrix` evaluates the radial integrals once per *atom pair* and
+shell combination (s-s, s-p, p-s, p-p: :func:`shell_overlaps`, one batched call), builds
+``[A, A, 4, 4]`` blocks from them and the direction cosines, and gathers the ``[O, O]``
+matrix from the blocks. Each atom therefore holds at most one s and one p shell (one
+exponent each: the mean over the shell's orbitals; a p shell has all three orbitals).
+
 Shapes: ``A`` atoms, ``O`` orbitals. Everything is a pure function of arrays; ``vmap`` for
 batches.
 """
@@ -133,7 +139,7 @@ def _padded(p: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def overlap_polynomials() -> tuple[np.ndarray, np.ndarray]:
     r"""Coefficient tables of every sigma and pi diatomic overlap integrand (NumPy, float64).
 
@@ -209,7 +215,7 @@ def _aux_a_jvp(primals, tangents):
     return a[..., :-1], -a[..., 1:] * dp[..., None]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _aux_b_tables(jmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Constants of :func:`aux_b` up to ``j = jmax``.
 
@@ -282,11 +288,80 @@ def _norm_log(n, zeta):
     return (n + 0.5) * jnp.log(2.0 * zeta) - 0.5 * log_fact
 
 
+SHELL_PAIRS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
+"""The ``(la, lb)`` combinations of an s/p basis: s-s, s-p, p-s, p-p."""
+
+
+@functools.cache
+def _shell_pair_tables(pairs: tuple[tuple[int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient tables of several angular combinations ``(la, lb)``, for every ``(na, nb)``.
+
+    Returns ``(used [U], table [C, U, MAX_N^2 * 2])``: ``used`` lists the flattened
+    ``i (D+1) + j`` that any coefficient uses; column ``2 ((na-1) MAX_N + nb - 1) + k`` of
+    combination ``c`` holds ``const * coeff`` of sigma (``k = 0``) or pi (``k = 1``, nonzero
+    only when both are p); zero for impossible shells (``l >= n``).
+    """
+    coeff, const = overlap_polynomials()
+    table = np.zeros((len(pairs), (_DEG + 1) ** 2, MAX_N * MAX_N, 2))
+    for c, (la, lb) in enumerate(pairs):
+        for na in range(la + 1, MAX_N + 1):
+            for nb in range(lb + 1, MAX_N + 1):
+                t = shell_pair_type(na, la, nb, lb)
+                for k in range(2 if la == lb == 1 else 1):
+                    table[c, :, (na - 1) * MAX_N + nb - 1, k] = const[t, k] * coeff[t, k].reshape(-1)
+    table = table.reshape(len(pairs), (_DEG + 1) ** 2, -1)
+    used = np.nonzero(np.any(table != 0, axis=(0, 2)))[0]
+    return used, table[:, used]
+
+
+def shell_overlaps(r, na, nb, zeta_a, zeta_b, pairs: tuple[tuple[int, int], ...] = SHELL_PAIRS):
+    r"""Sigma and pi overlaps of shells ``(na, la)`` on A and ``(nb, lb)`` on B, several at once.
+
+    The kernel of every overlap in phai. ``A_k(p)`` and ``B_j(q)`` are evaluated once per
+    shell pair; the products ``A_i B_j`` that any coefficient uses go through one batched
+    matrix product with the tables of all ``(na, nb)``, and the column of each pair's
+    ``(na, nb)`` is picked: a few large operations, fast to run, compile and differentiate
+    (a per-pair gather of coefficients was ~10x slower).
+
+    Args:
+      r: ``[...]`` distance in bohr, ``> 0``.
+      na, nb: ``[C, ...]`` integer principal quantum numbers (``la < na``, ``lb < nb``;
+        an impossible shell gives 0), one row per entry of ``pairs``.
+      zeta_a, zeta_b: ``[C, ...]`` exponents in bohr^-1, ``> 0``.
+      pairs: static ``C`` angular combinations ``(la, lb)`` (default s-s, s-p, p-s, p-p).
+
+    Returns:
+      ``(S_sigma [C, ...], S_pi [C, ...])``; ``S_pi`` is 0 unless both shells are p.
+    """
+    pairs = tuple((int(la), int(lb)) for la, lb in pairs)
+    used, table = _shell_pair_tables(pairs)
+    dtype = jnp.result_type(r, zeta_a, zeta_b)
+    shape = jnp.broadcast_shapes((len(pairs),) + jnp.shape(r), jnp.shape(na), jnp.shape(nb),
+                                 jnp.shape(zeta_a), jnp.shape(zeta_b))
+    a = jnp.broadcast_to(0.5 * jnp.asarray(r, dtype), shape)
+    p = a * (zeta_a + zeta_b)
+    q = a * (zeta_a - zeta_b)
+    A = aux_a(p)
+    B = aux_b(q)
+    prods = A[..., used // (_DEG + 1)] * B[..., used % (_DEG + 1)]  # [C, ..., U]
+    prods = prods.reshape(len(pairs), -1, len(used))
+    vals = jnp.einsum("cpu,cuk->cpk", prods, jnp.asarray(table, dtype))
+    vals = vals.reshape(shape + (MAX_N * MAX_N, 2))
+    row = jnp.broadcast_to((jnp.asarray(na) - 1) * MAX_N + jnp.asarray(nb) - 1, shape)
+    poly = jnp.take_along_axis(vals, row[..., None, None], axis=-2)[..., 0, :]  # [C, ..., 2]
+    nf_a, nf_b = jnp.asarray(na).astype(dtype), jnp.asarray(nb).astype(dtype)
+    log_pref = (_norm_log(nf_a, zeta_a) + _norm_log(nf_b, zeta_b)
+                + (nf_a + nf_b + 1.0) * jnp.log(a))
+    s = jnp.exp(log_pref)[..., None] * poly
+    return s[..., 0], s[..., 1]
+
+
 def diatomic_overlaps(r, na, la, nb, lb, zeta_a, zeta_b):
     r"""Sigma and pi overlaps of two normalised STOs a distance ``r`` (bohr) apart.
 
     The diatomic frame has A at the origin and B on ``+z``; p_z on both atoms points along
-    ``+z``. Broadcasts over any common shape ``[...]``.
+    ``+z``. Broadcasts over any common shape ``[...]``. Evaluates :func:`shell_overlaps` for
+    the four ``(la, lb)`` combinations and selects.
 
     Args:
       r: distance in bohr, ``> 0``.
@@ -296,24 +371,22 @@ def diatomic_overlaps(r, na, la, nb, lb, zeta_a, zeta_b):
     Returns:
       ``(S_sigma [...], S_pi [...])``; ``S_pi`` is 0 unless both orbitals are p.
     """
-    coeff, const = overlap_polynomials()
-    dtype = jnp.result_type(r, zeta_a, zeta_b)
-    t = shell_pair_type(na, la, nb, lb)
-    c = jnp.asarray(coeff, dtype)[t]  # [..., 2, D+1, D+1]
-    k = jnp.asarray(const, dtype)[t]  # [..., 2]
-    a = 0.5 * r
-    p = a * (zeta_a + zeta_b)
-    q = a * (zeta_a - zeta_b)
-    A = aux_a(p)
-    B = aux_b(q)
-    poly = jnp.einsum("...i,...kij,...j->...k", A, c, B)
-    nf = na.astype(dtype), nb.astype(dtype)
-    log_pref = (_norm_log(nf[0], zeta_a) + _norm_log(nf[1], zeta_b)
-                + (nf[0] + nf[1] + 1.0) * jnp.log(a))
-    s = k * jnp.exp(log_pref)[..., None] * poly
-    return s[..., 0], s[..., 1]
+    la, lb = jnp.asarray(la), jnp.asarray(lb)
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in (r, na, la, nb, lb, zeta_a, zeta_b)))
+
+    def rows(x, lift):  # [4, ...]; p rows get n >= 2 so the unselected branches stay finite
+        x = jnp.broadcast_to(jnp.asarray(x), shape)
+        return jnp.stack([jnp.maximum(x, 2) if lift(c) else x for c in SHELL_PAIRS])
+
+    sig, pi = shell_overlaps(jnp.broadcast_to(r, shape), rows(na, lambda c: c[0] == 1),
+                             rows(nb, lambda c: c[1] == 1), rows(zeta_a, lambda c: False),
+                             rows(zeta_b, lambda c: False))
+    combo = 2 * jnp.broadcast_to(la, shape) + jnp.broadcast_to(lb, shape)  # index into SHELL_PAIRS
+    sig = jnp.take_along_axis(sig, combo[None], axis=0)[0]
+    return sig, jnp.where(combo == 3, pi[3], jnp.zeros_like(pi[3]))
 
 
+@functools.partial(jax.jit, static_argnames=("angstrom_to_bohr", "cutoff"))
 def overlap_matrix(positions, basis: STOBasis, zeta, *,
                    angstrom_to_bohr: float = YAEHMOP_ANGSTROM_TO_BOHR,
                    cutoff: float | None = None):
@@ -321,9 +394,11 @@ def overlap_matrix(positions, basis: STOBasis, zeta, *,
 
     Args:
       positions: ``[A, 3]`` Å.
-      basis: :class:`STOBasis` with ``O`` orbitals.
-      zeta: ``[O]`` Slater exponents, bohr^-1 (every orbital of one shell should share one
-        value, or rotational invariance is lost). Values of padded orbitals are ignored.
+      basis: :class:`STOBasis` with ``O`` orbitals: per atom at most one s shell and one
+        p shell (``p_x, p_y, p_z``), as :func:`phai.physics.huckel.huckel_system` builds.
+      zeta: ``[O]`` Slater exponents, bohr^-1. A shell uses the mean of its orbitals' values
+        (they should be equal; the mean keeps ``S`` rotationally invariant if they are
+        not). Values of padded orbitals are ignored.
       angstrom_to_bohr: length conversion; YAeHMOP's by default (see the module docstring).
       cutoff: optional Å distance beyond which inter-atomic overlaps are set to zero, as
         YAeHMOP does at ``rho = 10`` Å for molecules. ``None`` (default) keeps every pair,
@@ -332,37 +407,62 @@ def overlap_matrix(positions, basis: STOBasis, zeta, *,
     Returns:
       ``S [O, O]`` symmetric, dtype of ``positions``; identity rows/columns for padded
       orbitals, ``delta`` within an atom, zero between distinct coincident atoms. Finite
-      values and gradients (w.r.t. ``positions`` and ``zeta``) everywhere.
+      values and gradients (w.r.t. ``positions`` and ``zeta``) everywhere. Jitted (one
+      program per shape even when called eagerly; inlined inside an outer ``jit``).
     """
     dtype = jnp.result_type(positions, zeta)
     positions = jnp.asarray(positions, dtype)
     zeta = jnp.asarray(zeta, dtype)
     atom, n, l, axis, mask = basis
-    pos = positions[atom]  # [O, 3]
-    d = pos[None, :, :] - pos[:, None, :]  # [O, O, 3] from mu's atom to nu's atom, Å
+    n_atoms = positions.shape[0]
+    is_s = mask & (l == 0)
+    is_p = mask & (l == 1) & (n >= 2)
+
+    def shell(sel, n_default):
+        """Per atom: has the shell, its exponent (mean over its orbitals), its n."""
+        count = jnp.zeros(n_atoms, dtype).at[atom].add(sel.astype(dtype))
+        total = jnp.zeros(n_atoms, dtype).at[atom].add(jnp.where(sel, zeta, jnp.zeros_like(zeta)))
+        has = count > 0
+        z = jnp.where(has, total / jnp.where(has, count, jnp.ones_like(count)), jnp.ones_like(count))
+        nn = jnp.zeros(n_atoms, n.dtype).at[atom].max(jnp.where(sel, n, 0))
+        return has, z, jnp.where(has, nn, n_default)
+
+    has_s, z_s, n_s = shell(is_s, 1)
+    has_p, z_p, n_p = shell(is_p, 2)
+    zs, ns = (z_s, z_p), (n_s, n_p)
+
+    # atom pairs: geometry once, every shell combination from one radial evaluation
+    d = positions[None, :, :] - positions[:, None, :]  # [A, A, 3] from atom a to atom b, Å
     r2 = jnp.sum(d * d, axis=-1)
-    pair = mask[:, None] & mask[None, :] & (atom[:, None] != atom[None, :])
+    occupied = has_s | has_p
+    pair = occupied[:, None] & occupied[None, :] & ~jnp.eye(n_atoms, dtype=bool)
     pair = pair & (r2 > _COINCIDENT ** 2)
     if cutoff is not None:
         pair = pair & (r2 <= cutoff ** 2)
-    r2_safe = jnp.where(pair, r2, jnp.ones_like(r2))
-    r = jnp.sqrt(r2_safe)  # Å
+    r = jnp.sqrt(jnp.where(pair, r2, jnp.ones_like(r2)))  # Å
     u = jnp.where(pair[..., None], d / r[..., None], jnp.zeros_like(d))
-    z_safe = jnp.where(mask, zeta, jnp.ones_like(zeta))
-    n_safe = jnp.where(mask, n, 1)
-    l_safe = jnp.where(mask & (l < n_safe), l, 0)
-    s_sig, s_pi = diatomic_overlaps(
-        r * angstrom_to_bohr, n_safe[:, None], l_safe[:, None], n_safe[None, :], l_safe[None, :],
-        z_safe[:, None], z_safe[None, :])
-    e = jax.nn.one_hot(axis, 3, dtype=dtype) * (l_safe == 1)[:, None]  # [O, 3], zero for s
-    ue_mu = jnp.einsum("uvc,uc->uv", u, e)
-    ue_nu = jnp.einsum("uvc,vc->uv", u, e)
-    is_p = l_safe == 1
-    g_mu = jnp.where(is_p[:, None], ue_mu, jnp.ones_like(ue_mu))
-    g_nu = jnp.where(is_p[None, :], ue_nu, jnp.ones_like(ue_nu))
-    g_pi = (e @ e.T) - ue_mu * ue_nu  # zero unless both are p (e is zero for s)
-    s = g_mu * g_nu * s_sig + g_pi * s_pi
-    s = jnp.where(pair, s, jnp.zeros_like(s))
+    rb = r * angstrom_to_bohr
+    rows_a = [(ns[la][:, None], zs[la][:, None]) for la, _ in SHELL_PAIRS]
+    cols_b = [(ns[lb][None, :], zs[lb][None, :]) for _, lb in SHELL_PAIRS]
+    full = (n_atoms, n_atoms)
+    sigma, s_pi = shell_overlaps(
+        rb, jnp.stack([jnp.broadcast_to(x[0], full) for x in rows_a]),
+        jnp.stack([jnp.broadcast_to(x[0], full) for x in cols_b]),
+        jnp.stack([jnp.broadcast_to(x[1], full) for x in rows_a]),
+        jnp.stack([jnp.broadcast_to(x[1], full) for x in cols_b]))
+    sig = dict(zip(SHELL_PAIRS, sigma))
+    s_pi = s_pi[SHELL_PAIRS.index((1, 1))]
+    # [A, A, 4, 4] blocks in the order s, p_x, p_y, p_z
+    row_s = jnp.concatenate([sig[0, 0][..., None], u * sig[0, 1][..., None]], axis=-1)
+    uu = u[..., :, None] * u[..., None, :]
+    pp = (uu * (sig[1, 1] - s_pi)[..., None, None]
+          + jnp.eye(3, dtype=dtype)[None, None] * s_pi[..., None, None])
+    rows_p = jnp.concatenate([(u * sig[1, 0][..., None])[..., None], pp], axis=-1)
+    block = jnp.concatenate([row_s[..., None, :], rows_p], axis=-2)
+    block = jnp.where(pair[..., None, None], block, jnp.zeros_like(block))
+    big = jnp.swapaxes(block, 1, 2).reshape(4 * n_atoms, 4 * n_atoms)
+    slot = 4 * atom + jnp.where(l == 1, 1 + axis, 0)
+    s = big[slot][:, slot]
     same = (atom[:, None] == atom[None, :]) | ~(mask[:, None] & mask[None, :])
     eye = jnp.eye(s.shape[0], dtype=dtype)
     return jnp.where(same, eye, s)
