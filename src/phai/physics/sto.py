@@ -431,35 +431,33 @@ def overlap_matrix(positions, basis: STOBasis, zeta, *,
     has_p, z_p, n_p = shell(is_p, 2)
     zs, ns = (z_s, z_p), (n_s, n_p)
 
-    # atom pairs: geometry once, every shell combination from one radial evaluation
-    d = positions[None, :, :] - positions[:, None, :]  # [A, A, 3] from atom a to atom b, Å
+    # atom pairs i < j (S is symmetric: block[j, i] = block[i, j]^T): geometry once, every
+    # shell combination from one radial evaluation
+    iu, ju = (jnp.asarray(x, jnp.int32) for x in np.triu_indices(n_atoms, 1))
+    d = positions[ju] - positions[iu]  # [P, 3] from atom i to atom j, Å
     r2 = jnp.sum(d * d, axis=-1)
     occupied = has_s | has_p
-    pair = occupied[:, None] & occupied[None, :] & ~jnp.eye(n_atoms, dtype=bool)
-    pair = pair & (r2 > _COINCIDENT ** 2)
+    pair = occupied[iu] & occupied[ju] & (r2 > _COINCIDENT ** 2)
     if cutoff is not None:
         pair = pair & (r2 <= cutoff ** 2)
     r = jnp.sqrt(jnp.where(pair, r2, jnp.ones_like(r2)))  # Å
     u = jnp.where(pair[..., None], d / r[..., None], jnp.zeros_like(d))
-    rb = r * angstrom_to_bohr
-    rows_a = [(ns[la][:, None], zs[la][:, None]) for la, _ in SHELL_PAIRS]
-    cols_b = [(ns[lb][None, :], zs[lb][None, :]) for _, lb in SHELL_PAIRS]
-    full = (n_atoms, n_atoms)
     sigma, s_pi = shell_overlaps(
-        rb, jnp.stack([jnp.broadcast_to(x[0], full) for x in rows_a]),
-        jnp.stack([jnp.broadcast_to(x[0], full) for x in cols_b]),
-        jnp.stack([jnp.broadcast_to(x[1], full) for x in rows_a]),
-        jnp.stack([jnp.broadcast_to(x[1], full) for x in cols_b]))
+        r * angstrom_to_bohr,
+        jnp.stack([ns[la][iu] for la, _ in SHELL_PAIRS]), jnp.stack([ns[lb][ju] for _, lb in SHELL_PAIRS]),
+        jnp.stack([zs[la][iu] for la, _ in SHELL_PAIRS]), jnp.stack([zs[lb][ju] for _, lb in SHELL_PAIRS]))
     sig = dict(zip(SHELL_PAIRS, sigma))
     s_pi = s_pi[SHELL_PAIRS.index((1, 1))]
-    # [A, A, 4, 4] blocks in the order s, p_x, p_y, p_z
+    # [P, 4, 4] blocks in the order s, p_x, p_y, p_z
     row_s = jnp.concatenate([sig[0, 0][..., None], u * sig[0, 1][..., None]], axis=-1)
     uu = u[..., :, None] * u[..., None, :]
     pp = (uu * (sig[1, 1] - s_pi)[..., None, None]
-          + jnp.eye(3, dtype=dtype)[None, None] * s_pi[..., None, None])
+          + jnp.eye(3, dtype=dtype)[None] * s_pi[..., None, None])
     rows_p = jnp.concatenate([(u * sig[1, 0][..., None])[..., None], pp], axis=-1)
-    block = jnp.concatenate([row_s[..., None, :], rows_p], axis=-2)
-    block = jnp.where(pair[..., None, None], block, jnp.zeros_like(block))
+    upper = jnp.concatenate([row_s[..., None, :], rows_p], axis=-2)
+    upper = jnp.where(pair[..., None, None], upper, jnp.zeros_like(upper))
+    block = jnp.zeros((n_atoms, n_atoms, 4, 4), dtype)
+    block = block.at[iu, ju].set(upper).at[ju, iu].set(jnp.swapaxes(upper, -1, -2))
     big = jnp.swapaxes(block, 1, 2).reshape(4 * n_atoms, 4 * n_atoms)
     slot = 4 * atom + jnp.where(l == 1, 1 + axis, 0)
     s = big[slot][:, slot]
