@@ -120,6 +120,7 @@ def test_level_parsing_and_store_roundtrip(tmp_path):
 DATA = Path(__file__).parent / "data" / "charge_labels" / "charge_labels.h5"
 
 
+@pytest.mark.filterwarnings("ignore:.*without finite.*:UserWarning")  # NaN = state not computed
 def test_committed_charge_set_layout_and_sum_rules():
     h5py = pytest.importorskip("h5py")
     from phai.data import read_ani_h5
@@ -155,7 +156,7 @@ def test_committed_charge_set_layout_and_sum_rules():
             triples += int(both.sum())
             e = {s: mol[s]["wb97x_pd.energy"][()][both] for s in states}
             assert np.all(e["cation"] > e["neutral"])  # a positive vertical IP for every geometry
-    assert triples >= 24
+    assert triples >= 87
     c = read_ani_h5(DATA, "wb97x_pd.energy", "wb97x_pd.forces", properties=("charge", "wb97x_pd.charges"))
     assert len(c) >= 3 * triples
 
