@@ -50,37 +50,113 @@ MOLECULES = {
     "formaldehyde": "C=O",
     "methanimine": "C=N",
     "propene": "C=CC",
+    # second session: more conjugated molecules with a heavy-atom torsion 0-1-2-3 (training)
+    "glyoxal-diimine": "N=CC=N",
+    "acrylic-acid": "C=CC(=O)O",
+    "acrylamide": "C=CC(=O)N",
+    "methyl-vinyl-ether": "C=COC",
+    "methyl-formate": "O=COC",
+    "acrylonitrile": "C=CC#N",  # small molecules without a scan (training)
+    "vinylamine": "C=CN",
+    "formamide": "NC=O",
+    "acetaldehyde": "CC=O",
+    "n-methylmethanimine": "C=NC",
 }
+EXTRA = ("glyoxal-diimine", "acrylic-acid", "acrylamide", "methyl-vinyl-ether")
+SMALL_EXTRA = ("acrylonitrile", "vinylamine", "formamide", "acetaldehyde", "n-methylmethanimine")
+
+
+SCANNED = ("butadiene", "azabutadiene")  # the seed-figure scans: odd multiples of 10 degrees held out
+HELD_OUT_MOLECULE = "1-azabutadiene"
+
+
+def split_of(molecule, dihedral):
+    """``"test"`` for the held-out molecule and for the held-out angles (odd multiples of 10
+    degrees) of the seed-figure scans, whether distorted or not; else ``"train"``."""
+    if molecule == HELD_OUT_MOLECULE:
+        return "test"
+    if molecule in SCANNED and dihedral is not None and int(dihedral) % 20 != 0:
+        return "test"
+    return "train"
 
 
 def jobs():
     """(molecule, dihedral or None, distortion index or -1, split) in priority order.
 
-    Sized for a 30-minute budget on one shared core: the seed-figure scans at every 10
+    First session (30-minute budget on one shared core): the seed-figure scans at every 10
     degrees (odd multiples of 10 held out), coarser scans of acrolein and glyoxal, the small
-    molecules, a held-out molecule (1-aza-1,3-butadiene), then distorted frames.
+    molecules, a held-out molecule (1-aza-1,3-butadiene), a few distorted frames, the 30/90/150
+    degree acrolein and glyoxal frames. Second session (45 minutes): distorted frames at held-out
+    angles and of the held-out molecule (test), distorted frames at more training angles and of
+    every training molecule (train), more angles of the held-out molecule, then distorted frames
+    at the remaining held-out angles, then four more molecules (glyoxal diimine, acrylic acid,
+    acrylamide, methyl vinyl ether; training), distorted frames of the held-out molecule at its
+    new angles (test), a second distorted frame at every training angle of the seed scans, and
+    six more small molecules with distorted frames (training). The distortion index only has to be unique per
+    (molecule, dihedral): it seeds the noise together with them.
     """
     out = []
-    for mol in ("butadiene", "azabutadiene"):  # the seed figure first
+    for mol in SCANNED:  # the seed figure first
         for ang in range(0, 181, 10):
-            out.append((mol, ang, -1, "train" if ang % 20 == 0 else "test"))
+            out.append((mol, ang, -1))
     for mol in ("acrolein", "glyoxal"):
         for ang in range(0, 181, 60):
-            out.append((mol, ang, -1, "train"))
+            out.append((mol, ang, -1))
     for mol in ("ethylene", "formaldehyde", "methanimine", "propene"):
-        out.append((mol, None, -1, "train"))
+        out.append((mol, None, -1))
     for ang in range(0, 181, 60):
-        out.append(("1-azabutadiene", ang, -1, "test"))
-    for mol in ("butadiene", "azabutadiene"):
+        out.append((HELD_OUT_MOLECULE, ang, -1))
+    for mol in SCANNED:
         for k, ang in enumerate(range(0, 181, 60)):
-            out.append((mol, ang, k, "train"))
+            out.append((mol, ang, k))
     for mol in ("ethylene", "formaldehyde", "methanimine", "propene"):
         for k in range(2):
-            out.append((mol, None, k, "train"))
+            out.append((mol, None, k))
     for mol in ("acrolein", "glyoxal"):
         for ang in range(30, 181, 60):
-            out.append((mol, ang, -1, "train"))
-    return out
+            out.append((mol, ang, -1))
+    # second session
+    for mol in SCANNED:  # distorted frames at held-out angles: test
+        for ang in (30, 90, 150):
+            for k in range(2):
+                out.append((mol, ang, k))
+    for ang in range(0, 181, 60):  # distorted frames of the held-out molecule: test
+        out.append((HELD_OUT_MOLECULE, ang, 0))
+    for mol in SCANNED:  # distorted frames at more training angles
+        for ang in (20, 40, 80, 100, 140, 160):
+            out.append((mol, ang, 0))
+    for mol in ("acrolein", "glyoxal"):
+        for ang in range(0, 181, 60):
+            out.append((mol, ang, 0))
+    for mol in ("ethylene", "formaldehyde", "methanimine", "propene"):
+        for k in (2, 3):
+            out.append((mol, None, k))
+    for ang in (30, 90, 150):  # more angles of the held-out molecule
+        out.append((HELD_OUT_MOLECULE, ang, -1))
+    for mol in SCANNED:  # distorted frames at the remaining held-out angles
+        for ang in (10, 50, 70, 110, 130, 170):
+            out.append((mol, ang, 0))
+    for mol in EXTRA:  # more molecules: scans every 30 degrees, distorted s-cis and s-trans
+        for ang in range(0, 181, 30):
+            out.append((mol, ang, -1))
+    for mol in EXTRA:
+        for ang in (0, 180):
+            out.append((mol, ang, 0))
+    for ang in (30, 90, 150):  # distorted frames of the held-out molecule at its new angles: test
+        out.append((HELD_OUT_MOLECULE, ang, 0))
+    for mol in SCANNED:  # a second distorted frame at every training angle
+        for ang, k in [(a, 1) for a in (0, 20, 40, 80, 100, 140, 160)] + [(a, 0) for a in (60, 120, 180)]:
+            out.append((mol, ang, k))
+    for ang in range(0, 181, 60):
+        out.append(("methyl-formate", ang, -1))
+    out.append(("methyl-formate", 0, 0))
+    for mol in SMALL_EXTRA:
+        out.append((mol, None, -1))
+        for k in range(3):
+            out.append((mol, None, k))
+    keys = [(m, a, d) for m, a, d in out]
+    assert len(set(keys)) == len(keys), "duplicate job"
+    return [(m, a, d, split_of(m, a)) for m, a, d in out]
 
 
 def geometry(name, dihedral, distortion):
@@ -191,6 +267,9 @@ def main():
         for line in work.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
+                if r["split"] != split_of(r["molecule"], r["dihedral"]):
+                    raise SystemExit(f"{work}: {r['molecule']} {r['dihedral']} {r['distortion']} is stored as "
+                                     f"{r['split']!r} but the split rule says {split_of(r['molecule'], r['dihedral'])!r}")
                 done[(r["molecule"], r["dihedral"], r["distortion"])] = r
     t0 = time.time()
     with open(work, "a") as f:
@@ -204,7 +283,7 @@ def main():
             t = time.time()
             lab = label(z, pos)
             rec = dict(molecule=mol, dihedral=ang, distortion=dist, split=split, numbers=z,
-                       positions=np.round(pos, 6).tolist(), **lab)
+                       positions=np.round(pos, 6).tolist(), **lab, seconds=round(time.time() - t, 1))
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
