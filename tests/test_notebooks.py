@@ -22,12 +22,11 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 import ipykernel  # noqa: F401  (test extras: a missing one must fail, not skip)
 import matplotlib  # noqa: F401
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

@@ -49,7 +49,7 @@ def read_frames(path: str):
         raise CLIError(f"{path}: no such file")
     try:
         frames = ase.io.read(str(p), index=":")
-    except Exception as exc:  # ASE raises many types for unreadable files
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"{path}: cannot read this file as a structure ({msg})") from None
     if not isinstance(frames, list):
@@ -210,9 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import phai
-
     import jax
+
+    import phai
 
     phai.enable_compilation_cache()  # the application's choice: reuse compiled code across runs
     x64_before = jax.config.jax_enable_x64

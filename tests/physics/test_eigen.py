@@ -97,7 +97,7 @@ def test_batched_and_jitted(x64):
 
 def test_float32():
     H, S = _random_pair(7, 3)
-    w, C = generalized_eigh(jnp.asarray(H, jnp.float32), jnp.asarray(S, jnp.float32))
+    w, _ = generalized_eigh(jnp.asarray(H, jnp.float32), jnp.asarray(S, jnp.float32))
     assert w.dtype == jnp.float32 and default_broadening(jnp.float32) == 1e-4
     np.testing.assert_allclose(np.asarray(w), scipy.linalg.eigh(H, S, eigvals_only=True), atol=1e-4)
 
@@ -142,7 +142,7 @@ def test_exact_degeneracy_is_finite_and_projector_correct(x64):
     np.testing.assert_allclose(np.asarray(gH), Cd @ Cd.T, atol=1e-10)
     np.testing.assert_allclose(np.asarray(gS), -Cd @ Cd.T, atol=1e-10)
     for fn in (lambda w, C: w[1], lambda w, C: jnp.sum(C[:, 0] ** 3)):
-        g = jax.grad(lambda H, S: fn(*generalized_eigh(H, S)), (0, 1))(H, S)
+        g = jax.grad(lambda H, S, fn=fn: fn(*generalized_eigh(H, S)), (0, 1))(H, S)
         assert all(np.all(np.isfinite(np.asarray(x))) for x in g)
 
 

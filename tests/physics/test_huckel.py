@@ -36,9 +36,9 @@ from phai.physics import (
     huckel_orbitals_batch,
     huckel_system,
     overlap_matrix,
+    sto,
     wolfsberg_helmholz,
 )
-from phai.physics import sto
 
 SEED = 0xF00D
 
@@ -87,9 +87,9 @@ def _embed(smiles: str, distort: float = 0.0):
 def _rdkit(mol):
     ok, res = rdEHTTools.RunMol(mol, keepOverlapAndHamiltonianMatrices=True)
     assert ok
-    return dict(S=_sym(res.GetOverlapMatrix()), H=_sym(res.GetHamiltonian()),
-                E=np.asarray(res.GetOrbitalEnergies()), n_orb=res.numOrbitals,
-                n_el=int(round(res.numElectrons)))
+    return {"S": _sym(res.GetOverlapMatrix()), "H": _sym(res.GetHamiltonian()),
+            "E": np.asarray(res.GetOrbitalEnergies()), "n_orb": res.numOrbitals,
+            "n_el": round(res.numElectrons)}
 
 
 def _inputs(mol):
@@ -208,7 +208,8 @@ def test_sto_aux_b_branches(x64):
     mp.mp.dps = 25
     for q in (0.0, 1e-9, -0.7, 1.999, 2.001, -6.0, 11.0):
         got = np.asarray(sto.aux_b(jnp.asarray(q)))
-        ref = [float(mp.quad(lambda e: e ** j * mp.exp(-q * e), [-1, 1])) for j in range(got.shape[-1])]
+        ref = [float(mp.quad(lambda e, j=j, q=q: e ** j * mp.exp(-q * e), [-1, 1]))
+               for j in range(got.shape[-1])]
         np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
         d = np.asarray(jax.jacfwd(sto.aux_b)(jnp.asarray(q)))
         h = 1e-5

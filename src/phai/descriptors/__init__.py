@@ -3,4 +3,4 @@
 from . import aev
 from .aev import AEVParams
 
-__all__ = ["aev", "AEVParams"]
+__all__ = ["AEVParams", "aev"]
