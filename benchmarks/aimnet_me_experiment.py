@@ -2,8 +2,10 @@
 
 Trains :mod:`phai.train.aimnet_me` on the training molecules (split by molecule: the file's
 ``split`` attribute when it has one, else ``--test-fraction`` of the molecules drawn with
-``--seed``), selects the epoch on a validation part of the training molecules, and reports
-on the held-out molecules:
+``--seed``; or ``--folds K``: K-fold cross-validation over molecules, every molecule held out
+once and the metrics pooled over all held-out predictions), selects the epoch on a validation
+part of the training molecules (never the test molecules), optionally averages an ensemble of
+``--members`` seeds, and reports on the held-out molecules:
 
 ``DATA``: the HDF5 export, an extended XYZ file, or a :mod:`phai.labels.store` folder of
 :class:`~phai.labels.labellers.PySCFUKSLabeller` records (read while labelling goes on).
@@ -17,6 +19,7 @@ on the held-out molecules:
 Run::
 
     nice -n 10 env PYTHONPATH=src python benchmarks/aimnet_me_experiment.py [DATA] --epochs 300 --out /tmp/me_run
+    nice -n 10 env PYTHONPATH=src python benchmarks/aimnet_me_experiment.py DATA --folds 5 --diff-weight 10
 
 Results go to ``benchmarks/results/aimnet_me.json`` and are printed as Markdown.
 """
@@ -36,7 +39,6 @@ from phai.train.aimnet_me import (
     ChargeSet,
     MEConfig,
     read_charge_data,
-    train_aimnet_me,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,30 +79,23 @@ def file_test_split(path) -> list[str]:
     return out
 
 
-def evaluate(pot, test: ChargeSet) -> dict:
-    res = [pot(test.numbers[k], test.positions[k], charge=int(test.charge[k]),
-               multiplicity=int(test.multiplicity[k])) for k in range(len(test))]
-    e = np.array([r.energy for r in res])
-    out = {"states": {}, "charges": {}, "cdft": {}}
-    for q in sorted(set(test.charge.tolist())):
-        sel = test.charge == q
-        d = e[sel] - test.energy[sel]
-        out["states"][f"{q:+d}"] = {"n": int(sel.sum()), "mae_ev": float(np.mean(np.abs(d))),
-                                   "rmse_ev": float(np.sqrt(np.mean(d * d))),
-                                   "mae_kcal": float(np.mean(np.abs(d))) * EV_TO_KCALMOL,
-                                   "rmse_kcal": float(np.sqrt(np.mean(d * d))) * EV_TO_KCALMOL}
-    d = e - test.energy
-    out["states"]["all"] = {"n": len(d), "mae_ev": float(np.mean(np.abs(d))), "rmse_ev": float(np.sqrt(np.mean(d * d))),
-                            "mae_kcal": float(np.mean(np.abs(d))) * EV_TO_KCALMOL,
-                            "rmse_kcal": float(np.sqrt(np.mean(d * d))) * EV_TO_KCALMOL}
-    if test.has_charges:
-        for name, pred, ref in (("q_alpha", [r.charges_alpha for r in res], test.q_alpha),
-                                ("q_beta", [r.charges_beta for r in res], test.q_beta),
-                                ("q", [r.charges for r in res], [a + b for a, b in zip(test.q_alpha, test.q_beta)])):
-            dq = np.concatenate([p - r for p, r in zip(pred, ref)])
-            out["charges"][name] = {"mae_e": float(np.mean(np.abs(dq))), "rmse_e": float(np.sqrt(np.mean(dq * dq)))}
-        out["charges"]["max_sum_violation_e"] = float(max(abs(r.charges.sum() - q) for r, q in zip(res, test.charge)))
-    # CDFT: neutral geometries with the +1 and -1 states at the same geometry
+def predict(pots, test: ChargeSet) -> dict:
+    """Mean over the ensemble members ``pots`` of energies (eV, ``[C]``) and spin charges."""
+    out = {"energy": [], "q_alpha": [], "q_beta": [], "q": []}
+    for k in range(len(test)):
+        res = [p(test.numbers[k], test.positions[k], charge=int(test.charge[k]),
+                 multiplicity=int(test.multiplicity[k])) for p in pots]
+        out["energy"].append(np.mean([r.energy for r in res]))
+        out["q_alpha"].append(np.mean([r.charges_alpha for r in res], axis=0))
+        out["q_beta"].append(np.mean([r.charges_beta for r in res], axis=0))
+        out["q"].append(np.mean([r.charges for r in res], axis=0))
+    out["energy"] = np.asarray(out["energy"])
+    return out
+
+
+def cdft_rows(test: ChargeSet, e) -> list:
+    """``[(predicted, reference)]`` CDFT tuples (:func:`cdft_indices`) of the geometries with
+    all of the -1, 0, +1 states."""
     by_geom = {}
     for k in range(len(test)):
         by_geom.setdefault(test.geometry[k], {})[int(test.charge[k])] = k
@@ -109,7 +104,33 @@ def evaluate(pot, test: ChargeSet) -> dict:
         if all(q in st for q in (1, 0, -1)):
             ks = [st[1], st[0], st[-1]]
             rows.append((cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks])))
+    return rows
+
+
+def metrics(test: ChargeSet, pred: dict) -> dict:
+    """Energy errors per charge state, charge errors and CDFT R²/MAE of predictions ``pred``
+    (:func:`predict`) on ``test``."""
+    e = pred["energy"]
+    out = {"states": {}, "charges": {}, "cdft": {}}
+
+    def stats(d):
+        return {"n": len(d), "mae_ev": float(np.mean(np.abs(d))), "rmse_ev": float(np.sqrt(np.mean(d * d))),
+                "mae_kcal": float(np.mean(np.abs(d))) * EV_TO_KCALMOL,
+                "rmse_kcal": float(np.sqrt(np.mean(d * d))) * EV_TO_KCALMOL}
+
+    for q in sorted(set(test.charge.tolist())):
+        sel = test.charge == q
+        out["states"][f"{q:+d}"] = stats(e[sel] - test.energy[sel])
+    out["states"]["all"] = stats(e - test.energy)
+    if test.has_charges:
+        for name, ref in (("q_alpha", test.q_alpha), ("q_beta", test.q_beta),
+                          ("q", [a + b for a, b in zip(test.q_alpha, test.q_beta)])):
+            dq = np.concatenate([p - r for p, r in zip(pred[name], ref)])
+            out["charges"][name] = {"mae_e": float(np.mean(np.abs(dq))), "rmse_e": float(np.sqrt(np.mean(dq * dq)))}
+        out["charges"]["max_sum_violation_e"] = float(max(abs(q.sum() - Q) for q, Q in zip(pred["q"], test.charge)))
+    rows = cdft_rows(test, e)
     out["cdft"]["n"] = len(rows)
+    out["cdft"]["molecules"] = len(np.unique(test.molecule))
     if len(rows) >= 2:
         for i, name in enumerate(("ip", "ea", "chi", "eta", "omega")):
             p = np.array([r[0][i] for r in rows])
@@ -117,6 +138,38 @@ def evaluate(pot, test: ChargeSet) -> dict:
             out["cdft"][name] = {"r2": r2(p, t), "mae_ev": float(np.mean(np.abs(p - t))),
                                  "ref_mean_ev": float(t.mean()), "ref_std_ev": float(t.std())}
     return out
+
+
+def evaluate(pot, test: ChargeSet) -> dict:
+    """:func:`metrics` of one potential (or a list: an ensemble) on ``test``."""
+    return metrics(test, predict(pot if isinstance(pot, list | tuple) else [pot], test))
+
+
+def folds_by_molecule(data: ChargeSet, folds: int, seed: int) -> list[list[str]]:
+    """``folds`` disjoint lists of molecule names covering all molecules, radicals (neutral
+    multiplicity 2) and closed-shell molecules dealt out separately so every fold has both."""
+    rng = np.random.default_rng(seed)
+    mols = np.unique(data.molecule)
+    radical = {m for m in mols if np.any((data.molecule == m) & (data.charge == 0) & (data.multiplicity == 2))}
+    out = [[] for _ in range(folds)]
+    k = 0
+    for group in (sorted(radical), sorted(set(mols) - radical)):
+        for i in rng.permutation(len(group)):
+            out[k % folds].append(str(group[i]))
+            k += 1
+    return out
+
+
+def concat(sets: list) -> ChargeSet:
+    """One :class:`ChargeSet` of several (states in order)."""
+    def cat(name):
+        vs = [getattr(s, name) for s in sets]
+        return None if any(v is None for v in vs) else [x for v in vs for x in v]
+
+    return ChargeSet(cat("numbers"), cat("positions"), np.concatenate([s.charge for s in sets]),
+                     np.concatenate([s.multiplicity for s in sets]), np.concatenate([s.energy for s in sets]),
+                     cat("forces"), cat("q_alpha"), cat("q_beta"), np.concatenate([s.molecule for s in sets]),
+                     np.concatenate([s.geometry for s in sets]))
 
 
 def markdown(result: dict) -> str:
@@ -129,7 +182,8 @@ def markdown(result: dict) -> str:
         lines += [f"| {k} | {v['mae_e']:.4f} | {v['rmse_e']:.4f} |" for k, v in ch.items() if isinstance(v, dict)]
         lines.append(f"\nlargest |sum q - Q|: {ch['max_sum_violation_e']:.1e} e")
     cd = result["test"]["cdft"]
-    lines += ["", f"CDFT on {cd['n']} held-out geometries (N-1, N, N+1 at one geometry):", "",
+    head = f"CDFT on {cd['n']} held-out geometries of {cd.get('molecules', '?')} molecules (N-1, N, N+1 at one geometry):"
+    lines += ["", head, "",
               "| index | R² | MAE / eV | DFT mean / eV | DFT std / eV |", "|---|---|---|---|---|"]
     for k in ("ip", "ea", "chi", "eta", "omega"):
         if k in cd:
@@ -138,62 +192,112 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+SIZES_EXTRA = {
+    "tiny": {"nfeature": 8, "pair_hidden": [16], "embed_hidden": [64, 32], "update_hidden": [32],
+             "interact_hidden": [32], "aim_size": 32, "head_hidden": [32, 16], "npass": 2},
+}
+
+
+def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> list:
+    """Train ``args.members`` models (seeds ``seed .. seed + members - 1``: their own
+    validation molecules and initial weights); returns the trainers."""
+    from phai.commands.train_aimnet import SIZES
+    from phai.train.aimnet_me import AIMNetMETrainer
+
+    size = {**SIZES, **SIZES_EXTRA}[args.size]
+    trainers = []
+    for m in range(args.members):
+        cfg = MEConfig(model={"elements": elements, **size}, elements=tuple(elements), epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, seed=args.seed + m, force_weight=args.force_weight,
+                       charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
+                       diff_weight=args.diff_weight, weight_decay=args.weight_decay,
+                       train_eval_every=args.train_eval_every)
+
+        def show(row, m=m):
+            if row["epoch"] % 25 == 0 or row["epoch"] == 1:
+                log(json.dumps({"member": m, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                                                if k in ("epoch", "train_energy_rmse", "val_energy_rmse",
+                                                         "val_diff_rmse_ev", "val_charge_rmse", "seconds")}}))
+
+        t = AIMNetMETrainer(cfg, train, None, None if out is None else out / f"member{m}")
+        t.fit(show)
+        log(json.dumps({"member": m, "best_epoch": max((h["epoch"] for h in t.history if h.get("best")), default=0),
+                        "best_val_loss": t.best_loss}))
+        trainers.append(t)
+    return trainers
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", help="charge data set (default: the committed set, else the partial export)")
-    ap.add_argument("--out", default="/tmp/aimnet_me_run")
+    ap.add_argument("--out", default=None, help="folder for the model files (fixed split only)")
     ap.add_argument("--epochs", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=24)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--force-weight", type=float, default=0.0)
     ap.add_argument("--charge-weight", type=float, default=10.0)
+    ap.add_argument("--diff-weight", type=float, default=0.0, help="weight of the IP/EA (state difference) loss, 1/eV^2")
+    ap.add_argument("--members", type=int, default=1, help="ensemble members (seeds) averaged")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="cross-validation over molecule folds (0: the file's split / --test-fraction)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--valid-fraction", type=float, default=0.1)
+    ap.add_argument("--valid-fraction", type=float, default=0.15)
+    ap.add_argument("--train-eval-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", default="small")
+    ap.add_argument("--size", default="small", help="small, default or tiny")
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results/aimnet_me.json"))
     args = ap.parse_args(argv)
-    from phai.commands.train_aimnet import SIZES
 
     path = Path(args.data) if args.data else next((p for p in CANDIDATES if p.is_file()), None)
     if path is None:
         raise SystemExit("no charge data set found (give a path)")
     data = read_charge_data(path)
-    names = file_test_split(path)
-    if not names and data.split is not None:
-        names = sorted(set(data.molecule[data.split == "test"].tolist()))
-    train, test, test_names = split(data, names, args.test_fraction, args.seed)
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
-    cfg = MEConfig(model={"elements": elements, **SIZES[args.size]}, elements=tuple(elements), epochs=args.epochs,
-                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, force_weight=args.force_weight,
-                   charge_weight=args.charge_weight, valid_fraction=args.valid_fraction)
-    print(f"{path}: {len(data)} states of {len(np.unique(data.molecule))} molecules; train {len(train)} states, "
-          f"test {len(test)} states ({', '.join(test_names)})", flush=True)
     t0 = time.perf_counter()
 
-    def show(row):
-        if row["epoch"] % 10 == 0 or row["epoch"] == 1:
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                              if k in ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse",
-                                       "seconds")}), flush=True)
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:7.0f} s] {msg}", flush=True)
 
-    trainer = train_aimnet_me(cfg, train, None, args.out, callback=show)
+    if args.folds:
+        fold_names = folds_by_molecule(data, args.folds, args.seed)
+    else:
+        names = file_test_split(path)
+        if not names and data.split is not None:
+            names = sorted(set(data.molecule[data.split == "test"].tolist()))
+        fold_names = [split(data, names, args.test_fraction, args.seed)[2]]
+    tests, preds, per_fold, trainers = [], [], [], []
+    for f, names in enumerate(fold_names):
+        train, test, _ = split(data, names, 0.0, args.seed)
+        log(f"fold {f}: train {len(train)} states, test {len(test)} states ({', '.join(names)})")
+        out = Path(args.out) if args.out and not args.folds else None
+        trainers = train_members(args, train, elements, out, log)
+        pred = predict([t.potential() for t in trainers], test)
+        m = metrics(test, pred)
+        per_fold.append({"test_molecules": names, "cdft_n": m["cdft"]["n"],
+                         **{k: m["cdft"][k]["r2"] for k in ("ip", "ea", "chi", "eta", "omega") if k in m["cdft"]},
+                         "energy_mae_ev": m["states"]["all"]["mae_ev"]})
+        log(json.dumps(per_fold[-1]))
+        tests.append(test)
+        preds.append(pred)
+    test = concat(tests)
+    pred = {k: (np.concatenate([p[k] for p in preds]) if k == "energy" else [x for p in preds for x in p[k]])
+            for k in preds[0]}
     seconds = time.perf_counter() - t0
-    import phai
-
-    pot = phai.load(args.out)
+    if args.out and not args.folds:
+        trainers[0].save_model(args.out)
     result = {"data": str(path), "states": len(data), "molecules": len(np.unique(data.molecule)),
-              "train_states": len(trainer.train_set),
-              "valid_states": 0 if trainer.valid_set is None else len(trainer.valid_set), "test_states": len(test),
-              "test_molecules": test_names, "epochs": trainer.epoch, "train_seconds": seconds,
-              "config": cfg.to_json(), "sae": trainer.sae.tolist(), "state_shift": trainer.state_shift.tolist(),
-              "best_val_loss": trainer.best_loss, "test": evaluate(pot, test),
-              "train": evaluate(pot, trainer.train_set)["states"]}
+              "geometries": len(np.unique(data.geometry)),
+              "protocol": (f"{args.folds}-fold cross-validation over molecules (every molecule held out once; "
+                           "metrics pooled over the held-out predictions)" if args.folds else "fixed split"),
+              "folds": per_fold, "test_states": len(test), "members": args.members, "epochs": args.epochs,
+              "seconds": seconds, "config": trainers[0].config.to_json(), "test": metrics(test, pred)}
+    if not args.folds:
+        result["train"] = evaluate([t.potential() for t in trainers], trainers[0].train_set)["states"]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1))
     print(markdown(result))
-    print(f"\ntrain states energy RMSE (all): {result['train']['all']['rmse_kcal']:.2f} kcal/mol; "
-          f"{seconds:.0f} s training")
+    log(f"done: {seconds:.0f} s")
     return 0
 
 

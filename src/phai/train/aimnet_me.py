@@ -21,6 +21,20 @@ over the charge states ``S_b`` present in the batch (``n_s`` molecules of state 
 (``q_i = q~_i + (Q - sum q~) k_i^2 / sum k^2`` per spin channel, inside the model), so they sum
 to the state's ``Q^alpha``, ``Q^beta`` by construction.
 
+Optional state-difference term (phai's choice, ``diff_weight`` ``w_D`` > 0; the AIMNet-ME and
+AIMNet-NSE papers average the per-state losses only): over the charged states ``m`` of the
+batch whose neutral state ``n(m)`` at the same geometry is in the batch too,
+
+.. math::
+
+   L_D = \frac{w_D}{|P_b|} \sum_{m \in P_b} \big[(E_m - E_{n(m)}) - (E^\mathrm{ref}_m - E^\mathrm{ref}_{n(m)})\big]^2
+
+(eV²): the squared errors of the vertical IP (cation) and EA (anion) themselves, the
+quantities the conceptual-DFT indices are made of. Per-state errors of a few tenths of an eV
+that are common to the states of one geometry cancel in the indices; this term trains the
+differences to be right even when the totals are not. It is intensive (no division by the
+atom count). Batches then hold whole geometries.
+
 Self energies: ``E ~ sum_Z n_Z SAE_Z + c_Q`` by least squares over the training states,
 with one offset ``c_Q`` per charge state and ``c_0 = 0``. Why per charge state: the gap
 between charge states is an ionisation potential or an electron affinity, 5-12 eV and
@@ -338,6 +352,7 @@ class Padded:
     F: np.ndarray           # [C, N, 3] eV/Å (0 without forces)
     qa: np.ndarray          # [C, N] e
     qb: np.ndarray          # [C, N] e
+    geometry: np.ndarray    # [C] int32 geometry group (the states of one geometry share it)
 
     def take(self, idx) -> dict:
         return {k: v[idx] for k, v in dataclasses.asdict(self).items()}
@@ -427,8 +442,9 @@ def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | N
             qa[k, :a], qb[k, :a] = cs.q_alpha[k], cs.q_beta[k]
     E = cs.energy - reference_energy(cs.numbers, cs.charge, cfg.elements, cfg.charge_states, sae, state_shift)
     state = np.asarray([cfg.charge_states.index(int(q)) for q in cs.charge], np.int32)
+    geometry = np.unique(cs.geometry, return_inverse=True)[1].astype(np.int32)
     return Padded(R, species, nb, mask, cs.charge.astype(np.int32), cs.multiplicity.astype(np.int32), state,
-                  np.asarray([len(z) for z in cs.numbers], np.int32), E, F, qa, qb)
+                  np.asarray([len(z) for z in cs.numbers], np.int32), E, F, qa, qb, geometry)
 
 
 # --------------------------------------------------------------------------------- loss
@@ -443,6 +459,12 @@ class MEConfig:
       final_lr_fraction: cosine schedule end (``lr * final_lr_fraction``).
       energy_weight (1/eV²·atom), charge_weight ``w_q`` (1/e²), force_weight ``w_F`` (Å²/eV²):
         loss weights; forces enter only if the data have them and ``force_weight > 0``.
+      diff_weight ``w_D`` (1/eV²): weight of the within-geometry state-difference term (the
+        vertical IP and EA directly; module docstring); 0 leaves it out. With ``w_D > 0`` a
+        batch holds whole geometries (all their states), ``batch_size`` states at most.
+      train_eval_every: with a validation set, evaluate the whole training set only every this
+        many epochs (and at the first and last; 0 never) to save time; model selection uses the
+        validation loss (without one: the training loss, evaluated every epoch).
       valid_fraction: held-out molecules when no validation set is given.
       name: stored in the model folder.
     """
@@ -458,6 +480,8 @@ class MEConfig:
     energy_weight: float = 1.0
     charge_weight: float = 10.0
     force_weight: float = 0.1
+    diff_weight: float = 0.0
+    train_eval_every: int = 1
     valid_fraction: float = 0.1
     name: str = "aimnet-me"
 
@@ -481,8 +505,10 @@ def config_from_json(d: dict) -> AIMNetConfig:
 
 
 def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge_weight: float,
-                 force_weight: float, use_forces: bool, use_charges: bool):
-    """``loss(params, batch) -> (total, aux)``; ``batch`` is :meth:`Padded.take` plus ``mol_mask [B]``.
+                 force_weight: float, use_forces: bool, use_charges: bool, diff_weight: float = 0.0):
+    """``loss(params, batch) -> (total, aux)``; ``batch`` is :meth:`Padded.take` plus ``mol_mask [B]``
+    and ``partner [B]`` (int: the batch position of the neutral state of the same geometry,
+    or the state's own position when there is none).
 
     ``aux``: sums over the batch's real molecules of squared/absolute energy errors (eV),
     squared charge errors (e², per atom), squared force errors; per-state energy sums and
@@ -518,7 +544,12 @@ def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge
         per_state = jnp.sum(onehot * per_mol[:, None], axis=0) / jnp.maximum(counts, 1.0)
         present = (counts > 0).astype(e.dtype)
         total = jnp.sum(per_state * present) / jnp.maximum(jnp.sum(present), 1.0)
-        aux = {"e_sq": jnp.sum(de * de), "e_abs": jnp.sum(jnp.abs(de)), "q_sq": jnp.sum(sq_q),
+        p = b["partner"]
+        pm = mm * mm[p] * (p != jnp.arange(p.shape[0])).astype(e.dtype)
+        dd = ((e - e[p]) - (b["E"] - b["E"][p])) * pm          # IP / EA error of charged states, eV
+        if diff_weight:
+            total = total + diff_weight * jnp.sum(dd * dd) / jnp.maximum(jnp.sum(pm), 1.0)
+        aux = {"d_sq": jnp.sum(dd * dd), "d_count": jnp.sum(pm), "e_sq": jnp.sum(de * de), "e_abs": jnp.sum(jnp.abs(de)), "q_sq": jnp.sum(sq_q),
                "f_sq": jnp.sum(sq_f), "count": jnp.sum(mm), "atoms": jnp.sum(am * mm[:, None]),
                "state_sq": jnp.sum(onehot * (de * de)[:, None], axis=0), "state_count": counts}
         return total, aux
@@ -557,6 +588,35 @@ def _batch_plan(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarr
     return [order[s:s + batch_size] for s in range(0, n, batch_size)]
 
 
+def _group_plan(groups: np.ndarray, batch_size: int, seed: int | None, epoch: int) -> list[np.ndarray]:
+    """Batches of whole groups (the states of one geometry), at most ``batch_size`` states each
+    (a larger group gets a batch of its own, cut to ``batch_size``); groups in the order of
+    ``default_rng([seed, epoch]).permutation`` (``seed`` None: in order)."""
+    ids, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(ids))]
+    order = np.arange(len(ids)) if seed is None else np.random.default_rng([seed, epoch]).permutation(len(ids))
+    out, cur = [], []
+    for g in order:
+        if cur and len(cur) + len(members[g]) > batch_size:
+            out.append(np.asarray(cur, np.int64))
+            cur = []
+        cur.extend(members[g][:batch_size].tolist())
+    if cur:
+        out.append(np.asarray(cur, np.int64))
+    return out
+
+
+def partners(geometry: np.ndarray, charge: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``[B]`` int: for each slot, the slot of the neutral (``charge == 0``) real state of the
+    same geometry, or its own slot when there is none (or it is neutral or padding)."""
+    out = np.arange(len(geometry))
+    for s in np.flatnonzero(mask & (charge != 0)):
+        hit = np.flatnonzero(mask & (charge == 0) & (geometry == geometry[s]))
+        if len(hit):
+            out[s] = hit[0]
+    return out
+
+
 def _pad_index(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros(size, bool)
     mask[:len(idx)] = True
@@ -578,7 +638,8 @@ def _programs(key: str):
     d = json.loads(key)
     cfg = config_from_json(d["model"])
     loss_fn = make_loss_fn(AIMNet(cfg), len(cfg.charge_states), energy_weight=d["we"], charge_weight=d["wq"],
-                           force_weight=d["wf"], use_forces=d["forces"], use_charges=d["charges"])
+                           force_weight=d["wf"], use_forces=d["forces"], use_charges=d["charges"],
+                           diff_weight=d["wd_diff"])
     tx = make_optimizer(TrainConfig(lr=d["lr"], weight_decay=d["wd"], optimizer="adamw", members=1), {})
 
     def step(params, opt_state, batch):
@@ -631,6 +692,7 @@ class AIMNetMETrainer:
                                       jnp.asarray(tp.atom_mask[0]), 0, 1)
         key = json.dumps({"model": config_to_json(self.cfg), "lr": config.lr, "wd": config.weight_decay,
                           "we": config.energy_weight, "wq": config.charge_weight, "wf": config.force_weight,
+                          "wd_diff": config.diff_weight,
                           "forces": self.use_forces, "charges": self.use_charges}, sort_keys=True)
         self.tx, self.loss_fn, self._step, self._eval = _programs(key)
         self.opt_state = self.tx.init(self.params)
@@ -649,10 +711,21 @@ class AIMNetMETrainer:
     def batch(self, pad: Padded, idx) -> dict:
         idx, mask = _pad_index(np.asarray(idx), self.batch_size)
         b = pad.take(idx)
+        b["partner"] = partners(b["geometry"], b["charge"], mask).astype(np.int32)
         b = {k: jnp.asarray(v, self.dtype) if np.asarray(v).dtype == np.float64 else jnp.asarray(v)
              for k, v in b.items()}
         b["mol_mask"] = jnp.asarray(mask)
         return b
+
+    def plan(self, pad: Padded, epoch: int | None = None) -> list[np.ndarray]:
+        """Batches of ``pad`` for ``epoch`` (shuffled), or in order for evaluation (None). With
+        ``diff_weight > 0`` or for evaluation, whole geometries per batch (:func:`_group_plan`)."""
+        c = self.config
+        if epoch is None:
+            return _group_plan(pad.geometry, self.batch_size, None, 0)
+        if c.diff_weight > 0:
+            return _group_plan(pad.geometry, self.batch_size, c.seed, epoch)
+        return _batch_plan(len(pad.E), self.batch_size, c.seed, epoch)
 
     def learning_rate(self, epoch: int) -> float:
         c = self.config
@@ -662,12 +735,12 @@ class AIMNetMETrainer:
     def evaluate(self, pad: Padded, params=None) -> dict:
         """Loss and errors over a padded set: ``loss``, ``energy_rmse``/``energy_mae`` (kcal/mol),
         ``charge_rmse`` (e, per spin-resolved atomic charge), ``force_rmse`` (eV/Å),
-        ``energy_rmse_q{Q}`` per charge state."""
+        ``energy_rmse_q{Q}`` per charge state, ``diff_rmse_ev`` (eV, the IP/EA errors of the
+        charged states whose neutral is in the set)."""
         params = self.params if params is None else params
         tot = {}
         loss_sum, nb = 0.0, 0
-        for s in range(0, len(pad.E), self.batch_size):
-            idx = np.arange(s, min(s + self.batch_size, len(pad.E)))
+        for idx in self.plan(pad):
             loss, aux = self._eval(params, self.batch(pad, idx))
             loss_sum += float(loss) * len(idx)
             nb += len(idx)
@@ -678,6 +751,8 @@ class AIMNetMETrainer:
                "energy_mae": float(tot["e_abs"] / n) * EV_TO_KCALMOL,
                "charge_rmse": float(np.sqrt(tot["q_sq"] / (2 * tot["atoms"]))),
                "force_rmse": float(np.sqrt(tot["f_sq"] / (3 * tot["atoms"])))}
+        if tot["d_count"] > 0:
+            out["diff_rmse_ev"] = float(np.sqrt(tot["d_sq"] / tot["d_count"]))
         for q, sq, c in zip(self.cfg.charge_states, tot["state_sq"], tot["state_count"]):
             if c > 0:
                 out[f"energy_rmse_q{q:+d}"] = float(np.sqrt(sq / c)) * EV_TO_KCALMOL
@@ -691,7 +766,7 @@ class AIMNetMETrainer:
             lr = self.learning_rate(self.epoch)
             self.opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
             sums, count = 0.0, 0
-            for idx in _batch_plan(len(self.train_pad.E), self.batch_size, c.seed, self.epoch):
+            for idx in self.plan(self.train_pad, self.epoch):
                 self.params, self.opt_state, aux = self._step(self.params, self.opt_state,
                                                               self.batch(self.train_pad, idx))
                 sums += float(aux["e_sq"])
@@ -699,8 +774,13 @@ class AIMNetMETrainer:
                 self.step_count += 1
             row = {"epoch": self.epoch + 1, "step": self.step_count, "lr": lr,
                    "train_energy_rmse_running": float(np.sqrt(sums / count)) * EV_TO_KCALMOL}
-            tr = self.evaluate(self.train_pad)
-            row.update({f"train_{k}": v for k, v in tr.items()})
+            last = self.epoch + 1 == c.epochs
+            if self.valid_pad is None or (c.train_eval_every and ((self.epoch + 1) % c.train_eval_every == 0
+                                                                 or last or self.epoch == 0)):
+                tr = self.evaluate(self.train_pad)
+                row.update({f"train_{k}": v for k, v in tr.items()})
+            else:
+                tr = None
             if self.valid_pad is not None:
                 va = self.evaluate(self.valid_pad)
                 row.update({f"val_{k}": v for k, v in va.items()})
