@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import ase
 import ase.io
 import jax
 import numpy as np
 import pytest
+from train_runs import SRC, check_killed_run_resumes, kill_step
 
 import phai
 from phai.train import (
@@ -33,7 +32,6 @@ from phai.train import (
 )
 from phai.train.sae import element_counts
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {"members": 2, "hidden": {s: [16, 8] for s in "HCNO"}, "epochs": 3, "batch_size": 8, "seed": 3, "lr": 1e-2,
         "progress": False, "plot": False, "checkpoint_every": 2, "use_forces": False}
 
@@ -129,55 +127,13 @@ def test_checkpoint_round_trips_bit_for_bit(full_run, tmp_path):
 
 
 
-RUN = """
-import json, os, signal, sys
-sys.path.insert(0, {src!r})
-import jax, numpy as np
-import phai
-phai.enable_compilation_cache()
-from phai.commands.train import load_data
-from phai.train import TrainConfig, Trainer
-cfg = TrainConfig(**{tiny!r})
-def stop(info):
-    if info["step"] == {kill_at}:
-        os.kill(os.getpid(), signal.SIGKILL)
-res = Trainer(cfg, load_data({data!r}, "ref_energy", "ref_forces"), out_dir={out!r}).fit(stop)
-leaves = jax.tree_util.tree_leaves((res.params, res.best_params))
-np.savez({result!r}, *[np.asarray(x) for x in leaves])
-hist = [{{k: v for k, v in h.items() if k != "seconds"}} for h in res.history]  # wall time differs
-open({result!r} + ".json", "w").write(json.dumps(hist))
-"""
-
-
-def _run(data_file, out, result, kill_at=-1):
-    """One training run in a fresh process, so that the uninterrupted, the killed and the
-    resumed runs all compute under the same process state (a pytest process that has
-    already run other tests may round float32 differently: threads, loaded libraries)."""
-    code = RUN.format(src=SRC, tiny=TINY, kill_at=kill_at, data=str(data_file), out=str(out), result=str(result))
-    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": SRC})
-
-
 def test_run_killed_mid_epoch_resumes_to_the_same_weights(data_file, tmp_path):
-    proc = _run(data_file, tmp_path / "full", tmp_path / "full.npz")
-    assert proc.returncode == 0, proc.stderr[-3000:]
     n_batches = -(-int(0.9 * 14 + 0.5) * 3 // TINY["batch_size"])
-    kill_at = n_batches + 3  # in epoch 2, one step after the mid-epoch checkpoint of step n+2 (or n+3)
-    out = tmp_path / "killed"
-    proc = _run(data_file, out, tmp_path / "never.npz", kill_at)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    assert not (tmp_path / "never.npz").exists()
-    ck = json.loads((out / "checkpoint" / "config.json").read_text())["training"]
-    assert ck["epoch"] == 1 and 0 < ck["batch"] < n_batches  # killed mid-epoch, checkpoint mid-epoch
-    proc = _run(data_file, out, tmp_path / "resumed.npz")  # the same command again: it resumes
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    full_hist = json.loads((tmp_path / "full.npz.json").read_text())
-    assert json.loads((tmp_path / "resumed.npz.json").read_text()) == full_hist
-    assert [h["epoch"] for h in full_hist] == [1, 2, 3]
-    full, resumed = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
-    assert len(full.files) == len(resumed.files) > 0
-    for k in full.files:
-        assert np.array_equal(full[k], resumed[k]), k
+    facts = check_killed_run_resumes(tmp_path, kill_at=kill_step(n_batches, TINY["checkpoint_every"]),
+                                     n_batches=n_batches, tiny=TINY, data=data_file, energy_key="ref_energy",
+                                     forces_key="ref_forces")
+    assert [h["epoch"] for h in facts["history"]] == [1, 2, 3] and facts["set"] == "TrainingSet"
+    assert facts["tqdm"] == []  # progress=False: tqdm is not even imported
 
 
 def test_frozen_layers_stay_exactly_unchanged(data_file):

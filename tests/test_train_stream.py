@@ -1,4 +1,5 @@
-"""Streamed training from an ANI HDF5 file, and Δ-learning folders.
+"""Streamed training from an ANI HDF5 file (bit-identical to in memory; killed and resumed),
+and Δ-learning folders.
 
 Data: the committed CHNO set (tests/data/chno_labels/chno_labels.h5: 24 molecules, 8 or 10
 conformations each, wB97X/6-31G(d) energies and forces, CCSD(T)/cc-pVDZ energies, Hartree).
@@ -7,6 +8,7 @@ Networks are tiny (16-8 hidden units, 2 members) as in tests/test_train.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +19,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from train_runs import check_killed_run_resumes, kill_step
 
 import phai
 from phai.commands.train import load_data
@@ -99,30 +102,6 @@ def test_streamed_training_is_bit_identical_and_reads_one_batch_at_a_time(runs):
         list(stream.positions)
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_streamed_run_interrupted_mid_epoch_resumes_to_the_same_weights(runs, tmp_path):
-    full = runs[3]
-    n_batches = len(Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF)).epoch_order(0))
-
-    def stop(info):  # stands for SIGKILL one step after the mid-epoch checkpoint of epoch 2
-        if info["step"] > n_batches and info["step"] % TINY["checkpoint_every"] == 1:
-            raise Interrupt
-
-    out = tmp_path / "run"
-    with pytest.raises(Interrupt):
-        Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF), out_dir=out).fit(stop)
-    ck = json.loads((out / "checkpoint" / "config.json").read_text())["training"]
-    assert ck["epoch"] == 1 and 0 < ck["batch"] < n_batches
-    resumed = Trainer(TrainConfig(**TINY), StreamedTrainingSet(H5, WB, WBF), out_dir=out)
-    assert resumed.state["step"] == ck["step"]
-    res = resumed.fit()
-    assert _history(res) == _history(full)
-    assert all(np.array_equal(a, b) for a, b in zip(_leaves(res), _leaves(full)))
-
-
 @pytest.fixture(scope="module")
 def small_h5(tmp_path_factory):
     """Six molecules of the committed set (an exact copy of their groups)."""
@@ -131,6 +110,16 @@ def small_h5(tmp_path_factory):
         for name in ("ammonia", "ethanol", "formamide", "methane", "propene", "water"):
             src.copy(src[name], dst, name)
     return path
+
+
+def test_streamed_run_killed_mid_epoch_resumes_to_the_same_weights(small_h5, tmp_path):
+    """``--stream yes``: a run SIGKILLed one step after a mid-epoch checkpoint, started again,
+    ends bit-identical to an uninterrupted run (each in a fresh process)."""
+    n_batches = len(Trainer(TrainConfig(**TINY), StreamedTrainingSet(small_h5, WB, WBF)).epoch_order(0))
+    facts = check_killed_run_resumes(tmp_path, kill_at=kill_step(n_batches, TINY["checkpoint_every"]),
+                                     n_batches=n_batches, tiny=TINY, data=small_h5, energy_key=WB, forces_key=WBF,
+                                     stream=True)
+    assert facts["set"] == "StreamedTrainingSet" and len(facts["history"]) == TINY["epochs"]
 
 
 def _frames(path, group):
@@ -244,3 +233,114 @@ def test_streamed_set_names_the_group_and_field_of_a_bad_file(small_h5, tmp_path
     with pytest.warns(UserWarning, match="dropped 1 of"):
         ts = StreamedTrainingSet(bad, WB)
     assert len(ts) == 53 and list(ts.groups).count("methane") == 9
+
+
+@pytest.fixture(scope="module")
+def base_dir(small_h5, tmp_path_factory):
+    """A model folder: a tiny ensemble trained (1 epoch) on the wB97X energies of ``small_h5``."""
+    out = tmp_path_factory.mktemp("base") / "wb97x"
+    Trainer(TrainConfig(**{**TINY, "epochs": 1, "use_forces": False}), load_data(str(small_h5), WB), out_dir=out).fit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def delta_dir(small_h5, base_dir, tmp_path_factory):
+    """``phai train --base BASE_DIR``: a Δ ensemble on top of a trained model folder."""
+    from phai.cli import main
+
+    tmp = tmp_path_factory.mktemp("delta_on_dir")
+    cfg = tmp / "run.json"
+    cfg.write_text(json.dumps({"train": {**TINY, "epochs": 1, "use_forces": False, "seed": 5}}))
+    out = tmp / "cc_on_wb"
+    assert main(["train", str(cfg), "--data", str(small_h5), "--energy-key", CC, "--base", str(base_dir),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_delta_on_a_model_folder_loads_and_evaluates_as_base_plus_delta(small_h5, base_dir, delta_dir, tmp_path,
+                                                                         capsys):
+    from phai.cli import main
+    from phai.potential import load_ani
+
+    record = json.loads((delta_dir / "config.json").read_text())["delta"]
+    assert record == {"base": {"kind": "model", "model": str(base_dir), "path": str(base_dir.resolve())},
+                      "target": CC}
+    pot = phai.load(str(delta_dir))
+    assert isinstance(pot, DeltaPotential) and str(base_dir) in pot.name
+    # base and Δ evaluated separately: the base folder and the Δ ensemble alone (its own weights)
+    base, delta = phai.load(str(base_dir)), load_ani(str(delta_dir))
+    assert not isinstance(base, DeltaPotential)
+    frames = _frames(small_h5, "formamide")[:2] + _frames(small_h5, "propene")[:1]
+    xyz = tmp_path / "three.xyz"
+    ase.io.write(xyz, frames)
+    frames = ase.io.read(xyz, ":")  # what the command reads (the file rounds the coordinates)
+    capsys.readouterr()
+    assert main(["energy", str(xyz), "--model", str(delta_dir), "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    for row, r, rb, rd in zip(rows, pot.evaluate(frames), base.evaluate(frames), delta.evaluate(frames)):
+        for e in (row["energy"], r.energy):
+            assert e == pytest.approx(rb.energy + rd.energy, abs=1e-9)
+        for f in (row["forces"], r.forces):
+            np.testing.assert_allclose(f, rb.forces + rd.forces, atol=1e-9)
+        assert abs(rd.energy) > 1e-3  # the Δ term is not negligible: the sums test something
+    # the base folder gone: a clear error naming it
+    moved = tmp_path / "moved"
+    shutil.copytree(delta_dir, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["delta"]["base"] = {"kind": "model", "model": str(tmp_path / "gone"), "path": str(tmp_path / "gone")}
+    (moved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(phai.InputError, match="base model .*gone.* cannot be loaded"):
+        phai.load(str(moved))
+
+
+def test_delta_potential_in_ase_and_md(small_h5, base_dir, delta_dir, tmp_path):
+    """base + Δ (float64) as an ASE calculator (forces = the parts' sums = -dE/dx by finite
+    differences) and in ``phai md``: the jax-md energy function gives the same energies, and
+    the forces the integrator used (recovered from the velocity-Verlet trajectory) are the
+    base forces plus the Δ forces."""
+    from phai.ase import PhaiCalculator
+    from phai.cli import main
+    from phai.md import FS
+    from phai.potential import load_ani
+
+    pot = phai.load(str(delta_dir), precision="float64")
+    base, delta = phai.load(str(base_dir), precision="float64"), load_ani(str(delta_dir), "float64")
+    atoms = _frames(small_h5, "water")[3]
+    atoms.calc = PhaiCalculator(pot)
+    f = atoms.get_forces()
+    rb, rd = base(atoms.numbers, atoms.positions), delta(atoms.numbers, atoms.positions)
+    assert atoms.get_potential_energy() == pytest.approx(rb.energy + rd.energy, abs=1e-10)
+    np.testing.assert_allclose(f, rb.forces + rd.forces, rtol=0, atol=1e-10)
+    assert np.abs(rd.forces).max() > 1e-2  # the Δ forces matter at the tolerances below
+    h, fd = 1e-4, np.zeros_like(f)
+    for a in range(len(atoms)):
+        for k in range(3):
+            e = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.calc = atoms.calc
+                moved.positions[a, k] += sign * h
+                e.append(moved.get_potential_energy())
+            fd[a, k] = -(e[0] - e[1]) / (2 * h)
+    np.testing.assert_allclose(fd, f, rtol=0, atol=1e-6)
+
+    xyz, traj, log = tmp_path / "water.xyz", tmp_path / "md.extxyz", tmp_path / "md.csv"
+    ase.io.write(xyz, _frames(small_h5, "water")[3])
+    dt = 1.0
+    assert main(["md", str(xyz), "--model", str(delta_dir), "--precision", "float64", "--ensemble", "nve",
+                 "--dt", str(dt), "--steps", "3", "--log-every", "1", "--temperature", "300", "--traj", str(traj),
+                 "--log", str(log), "--no-progress"]) == 0
+    frames = ase.io.read(traj, ":")
+    assert [fr.info["step"] for fr in frames] == [0, 1, 2, 3]
+    for fr in frames:  # the jax-md energy function is base + Δ
+        assert fr.info["potential_eV"] == pytest.approx(pot.energy(fr.numbers, fr.positions), abs=1e-6)
+    # velocity Verlet: x1 = x0 + dt p0 / m + dt^2 F0 / (2 m), so F0 = 2 m (x1 - x0 - dt p0 / m) / dt^2
+    # (the file keeps 8 decimals of Å: ~2e-5 eV/Å for oxygen at dt = 1 fs)
+    tau = dt * FS
+    for fr, nxt in itertools.pairwise(frames):
+        m = fr.get_masses()[:, None]
+        used = 2 * m * (nxt.positions - fr.positions - tau * fr.get_momenta() / m) / tau ** 2
+        rb, rd = base(fr.numbers, fr.positions), delta(fr.numbers, fr.positions)
+        np.testing.assert_allclose(used, rb.forces + rd.forces, rtol=0, atol=2e-4)
+        assert np.abs(used - rb.forces).max() > 5e-3  # not the base forces alone

@@ -17,6 +17,10 @@ Periodic spaces (``space.periodic``, ``space.periodic_general``) must have every
 perpendicular cell width at least twice the radial cutoff (:mod:`phai.geometry.cell`); a
 smaller cell is an :class:`phai.errors.InputError` (replicate it yourself).
 
+A combined potential with ``parts`` (:class:`phai.train.DeltaPotential`, base + Δ) gives
+the sum of its parts' energy functions on one set of lists, built for the largest radial
+and angular cutoffs of the parts (entries beyond a part's own cutoffs contribute zero to it).
+
 Other phai potentials follow the same path: a function of ``(R, pairs, triples,
 displacement_fn)`` (flat lists with sentinel ``A``, see :mod:`phai.geometry`) returning
 eV is wrapped by :func:`energy_from_lists` builders below.
@@ -75,7 +79,22 @@ def ani_energy_from_lists(potential, numbers) -> Callable:
     radial cutoff, sentinel ``A``), ``triples [3, T]`` (centre, j, k, both within the
     angular cutoff) and a jax-md displacement (``None`` = free space). Pairs or triples
     beyond the cutoffs contribute exactly zero, so lists may hold extra entries.
+
+    A potential with ``parts`` (:class:`phai.train.DeltaPotential`) gives the sum of the
+    parts' functions (each part an ANI potential, with its own AEV and self energies).
     """
+    parts = getattr(potential, "parts", None)
+    if parts is not None:
+        for part in parts:
+            if not hasattr(getattr(part, "config", None), "aev"):
+                raise InputError(f"{potential.name}: MD of a combined potential needs ANI parts, not "
+                                 f"{type(part).__name__}")
+        cores = [ani_energy_from_lists(part, numbers) for part in parts]
+
+        def total(R, pairs, triples, displacement_fn=None):
+            return sum(core(R, pairs, triples, displacement_fn) for core in cores)
+
+        return total
     species, slots, sae_ev = _species_layout(potential, numbers)
     n = len(species)
     params = potential.params
@@ -111,6 +130,17 @@ def _is_periodic(displacement_fn, box, fractional_coordinates: bool) -> bool:
     a = np.eye(3)[0] if fractional_coordinates else box_matrix(box)[:, 0]
     d = np.asarray(displacement_fn(jnp.zeros(3), jnp.asarray(a, jnp.float32)))
     return bool(np.linalg.norm(d) < 1e-3 * max(np.linalg.norm(a), 1.0))
+
+
+def list_cutoffs(potential) -> tuple[float, float]:
+    """``(radial, angular)`` cutoffs (Å) the pair and triple lists of ``potential`` need:
+    its AEV's ``Rcr`` and ``Rca``, or the largest over a combined potential's ``parts``."""
+    parts = getattr(potential, "parts", None)
+    if parts is not None:
+        cuts = [list_cutoffs(p) for p in parts]
+        return max(c[0] for c in cuts), max(c[1] for c in cuts)
+    aevp = potential.config.aev
+    return float(aevp.Rcr), float(aevp.Rca)
 
 
 # --------------------------------------------------------------------------- all pairs
@@ -339,12 +369,12 @@ def ani_neighbor_list(potential, displacement_fn, box, numbers, *, fractional_co
       the skin) and check ``nbrs.did_buffer_overflow`` (:func:`safe_update`,
       :func:`run_chunked`).
     """
-    aevp = potential.config.aev
+    rcr, rca = list_cutoffs(potential)
     periodic = _is_periodic(displacement_fn, box, fractional_coordinates)
     if periodic:
-        check_cell(box, aevp.Rcr, model=potential.name)
+        check_cell(box, rcr, model=potential.name)
     core = ani_energy_from_lists(potential, numbers)
-    radial_fn = partition.neighbor_list(displacement_fn, box, aevp.Rcr, dr_threshold=dr_threshold,
+    radial_fn = partition.neighbor_list(displacement_fn, box, rcr, dr_threshold=dr_threshold,
                                         capacity_multiplier=capacity_multiplier,
                                         disable_cell_list=disable_cell_list,
                                         fractional_coordinates=fractional_coordinates, format=partition.Dense)
@@ -352,12 +382,12 @@ def ani_neighbor_list(potential, displacement_fn, box, numbers, *, fractional_co
         wrap = functools.partial(wrap_positions, box=box, fractional_coordinates=fractional_coordinates)
     else:
         wrap = _identity
-    fns = ANINeighborListFns(radial_fn, displacement_fn, wrap, float(aevp.Rca), float(dr_threshold),
+    fns = ANINeighborListFns(radial_fn, displacement_fn, wrap, rca, float(dr_threshold),
                              float(capacity_multiplier))
 
     def energy_fn(R, neighbor: ANINeighborList, **kwargs):
         disp = _bind(displacement_fn, kwargs)
-        triples, count = _exact_triples(R, neighbor.triples, disp, float(aevp.Rca), neighbor.exact_capacity)
+        triples, count = _exact_triples(R, neighbor.triples, disp, rca, neighbor.exact_capacity)
         e = core(R, neighbor.pairs, triples, disp)
         # more triples within Rca than the list holds: a loud NaN, never a silently wrong energy
         return jnp.where(count > neighbor.exact_capacity, jnp.nan, e)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, PhaiError
 from ..potential import Result
 from .batches import TrainingSet
 
@@ -101,7 +101,7 @@ def _resolve_base(folder: Path, b: dict, precision: str):
         return phai.load(b["path"], precision)
     try:
         return phai.load(name, precision)
-    except (InputError, KeyError, OSError) as exc:
+    except (PhaiError, KeyError, OSError) as exc:  # e.g. ModelFileError: not a registry name
         raise InputError(f"{folder}: the base model {name!r} of this Δ model cannot be loaded ({exc})") from None
 
 
@@ -140,22 +140,55 @@ def delta_set(high: TrainingSet, low_energies, low_forces=None) -> TrainingSet:
 class DeltaPotential:
     """``base + delta`` with the call interface of :class:`phai.potential.ANIPotential`.
 
-    Energies and forces add; ``energy_std`` is the two ensembles' spreads added in
-    quadrature (independent committees: ``hypot(std_base, std_delta)``; the Δ ensemble's own
-    spread is ``delta(...).energy_std``); ``member_energies`` are the Δ members plus the
-    base ensemble energy (eV). ``phai.load`` of a Δ folder trained with ``--base`` returns one.
+    Energies, forces, stresses and Hessians add; ``energy_std`` is the two ensembles'
+    spreads added in quadrature (independent committees: ``hypot(std_base, std_delta)``;
+    the Δ ensemble's own spread is ``delta(...).energy_std``); ``member_energies`` are the
+    Δ members plus the base ensemble energy (eV). ``phai.load`` of a Δ folder trained with
+    ``--base`` returns one.
+
+    It runs wherever an ANI potential does: :class:`phai.ase.PhaiCalculator` (molecules and
+    periodic cells) and ``phai md`` / :func:`phai.md.run_md` (the jax-md energy function of
+    :mod:`phai.md.energy` is the sum of the two parts' energy functions on one neighbor list,
+    built for the larger of their cutoffs; :attr:`parts` tells it the summands). Both parts
+    run at one precision (``precision``, ``with_precision``).
     """
 
     def __init__(self, base, delta, record: dict | None = None):
+        pb, pd = getattr(base, "precision", None), getattr(delta, "precision", None)
+        if pb is not None and pd is not None and pb != pd:
+            raise InputError(f"the base potential is {pb} and the Δ model {pd}: give both at one precision "
+                             f"(with_precision)")
         self.base, self.delta, self.record = base, delta, record
+
+    @property
+    def parts(self) -> tuple:
+        """``(base, delta)``: the potentials whose energies add."""
+        return (self.base, self.delta)
 
     @property
     def config(self):
         """The Δ ensemble's config, its description saying base + Δ."""
         import dataclasses
 
-        base = self.record["base"]["model"] if self.record else repr(self.base)
-        return dataclasses.replace(self.delta.config, description=f"{base} + Δ ({self.delta.config.description})")
+        return dataclasses.replace(self.delta.config, description=f"{self._base_name} + Δ "
+                                                                  f"({self.delta.config.description})")
+
+    @property
+    def _base_name(self) -> str:
+        return self.record["base"]["model"] if self.record else getattr(self.base, "name", repr(self.base))
+
+    @property
+    def name(self) -> str:
+        """``"<base> + Δ <delta>"`` (the base as recorded in the Δ folder)."""
+        return f"{self._base_name} + Δ {self.delta.name}"
+
+    @property
+    def precision(self) -> str:
+        return self.delta.precision
+
+    def with_precision(self, precision: str) -> DeltaPotential:
+        """The same base + Δ at another precision (shares the weights)."""
+        return DeltaPotential(self.base.with_precision(precision), self.delta.with_precision(precision), self.record)
 
     @property
     def members(self) -> int:
@@ -165,8 +198,20 @@ class DeltaPotential:
         return f"DeltaPotential({self.base!r} + {self.delta!r})"
 
     @property
-    def species(self):
+    def species(self) -> tuple[str, ...]:
         return tuple(s for s in self.base.species if s in self.delta.species)
+
+    @property
+    def atomic_numbers(self) -> tuple[int, ...]:
+        """Elements both parts support."""
+        from ..structures import SYMBOLS
+
+        return tuple(SYMBOLS.index(s) for s in self.species)
+
+    @property
+    def cutoff(self) -> float:
+        """The larger radial cutoff of the two parts (Å)."""
+        return max(self.base.cutoff, self.delta.cutoff)
 
     @staticmethod
     def _combine(b: Result, d: Result) -> Result:
@@ -174,9 +219,10 @@ class DeltaPotential:
         return Result(b.energy + d.energy, forces, float(np.hypot(b.energy_std, d.energy_std)),
                       np.asarray(d.member_energies) + b.energy, b.num_atoms)
 
-    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0) -> Result:
-        return self._combine(self.base(numbers, positions, forces=forces, charge=charge),
-                             self.delta(numbers, positions, forces=forces, charge=charge))
+    def __call__(self, numbers, positions=None, *, forces: bool = True, charge=0, **kw) -> Result:
+        """One structure (``atoms`` or ``numbers, positions``; ``cell=`` as for the parts)."""
+        return self._combine(self.base(numbers, positions, forces=forces, charge=charge, **kw),
+                             self.delta(numbers, positions, forces=forces, charge=charge, **kw))
 
     def evaluate(self, structures: Iterable, *, forces: bool = True, **kw) -> list[Result]:
         structures = list(structures)
@@ -188,3 +234,13 @@ class DeltaPotential:
 
     def forces(self, numbers, positions=None, *, charge=0) -> np.ndarray:
         return self(numbers, positions, charge=charge).forces
+
+    def stress(self, numbers, positions=None, **kw) -> tuple[Result, np.ndarray]:
+        """``(Result, stress [3, 3] eV/Å^3)`` of a periodic structure: the parts' sums."""
+        (rb, sb), (rd, sd) = self.base.stress(numbers, positions, **kw), self.delta.stress(numbers, positions, **kw)
+        return self._combine(rb, rd), np.asarray(sb) + np.asarray(sd)
+
+    def hessian(self, numbers, positions=None, *, charge=0) -> np.ndarray:
+        """``[3A, 3A]`` (eV/Å²): the base's plus the Δ ensemble's."""
+        return self.base.hessian(numbers, positions, charge=charge) + self.delta.hessian(numbers, positions,
+                                                                                        charge=charge)

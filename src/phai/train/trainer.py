@@ -258,6 +258,30 @@ class FitResult:
     out_dir: Path | None
 
 
+def _chunks(n: int, size: int) -> list[np.ndarray]:
+    """Consecutive index batches ``[0, size), [size, 2 size), ...`` covering ``range(n)``."""
+    return [np.arange(k, min(k + size, n)) for k in range(0, n, size)]
+
+
+class _NoBar:
+    """Stands for a tqdm bar when progress is off (tqdm is then not imported at all: in
+    Jupyter without ipywidgets, importing ``tqdm.auto`` alone prints a warning)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, **kw):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(**kw)
+
+
 _SUMS = ("esq", "fsq", "ens_sq", "ens_abs", "fens_sq", "count", "atoms")
 
 
@@ -378,22 +402,22 @@ class Trainer:
         """Fix the padded shapes before the first step: pack (on the host only) up to
         ``max_batches`` batches of the first epochs and of the validation set and keep the largest
         needs, so that the train and evaluation steps compile once each."""
-        def scan(ts, batches, policy):
-            for index in batches[:max_batches]:
-                local = ts.load(index)  # a streamed set reads this batch only
-                for part in np.array_split(np.arange(len(local)), self.config.num_devices):
-                    sp = [self.species_of_z[np.asarray(local.numbers[c])] for c in part]
-                    p = pack(sp, [local.positions[c] for c in part], num_species=len(self.spec.aev.species),
-                             radial_cutoff=self.spec.aev.Rcr, angular_cutoff=self.spec.aev.Rca)
-                    policy.grow([needs(p)])
-
         if not self.policy.state:  # batches of the first epochs (random compositions), at most max_batches
             batches = [b for e in range(min(self.config.epochs, 4)) for b in self.epoch_order(e)]
-            scan(self.train_set, batches, self.policy)
+            self._grow(self.train_set, batches[:max_batches], self.policy)
         if not self.eval_policy.state:
-            bs = self.config.batch_size
-            scan(self.valid_set, [np.arange(k, min(k + bs, len(self.valid_set))) for k in range(0, len(self.valid_set), bs)],
-                 self.eval_policy)
+            self._grow(self.valid_set, _chunks(len(self.valid_set), self.config.batch_size)[:max_batches],
+                       self.eval_policy)
+
+    def _grow(self, ts, batches, policy: ShapePolicy) -> None:
+        """Grow ``policy`` to the needs of ``batches`` of ``ts`` (host packing only, no device work)."""
+        for index in batches:
+            local = ts.load(index)  # a streamed set reads this batch only
+            for part in np.array_split(np.arange(len(local)), self.config.num_devices):
+                sp = [self.species_of_z[np.asarray(local.numbers[c])] for c in part]
+                p = pack(sp, [local.positions[c] for c in part], num_species=len(self.spec.aev.species),
+                         radial_cutoff=self.spec.aev.Rcr, angular_cutoff=self.spec.aev.Rca)
+                policy.grow([needs(p)])
 
     def batch(self, ts: TrainingSet, index, policy: ShapePolicy | None = None) -> tuple[dict, int]:
         """Device-ready ``[D, ...]`` arrays of conformations ``index`` and the static ``B``."""
@@ -427,11 +451,17 @@ class Trainer:
         ``w_F`` force MSE, Hartree units), ``loss`` (their mean), ensemble ``energy_rmse``/
         ``energy_mae`` (kcal/mol) and ``force_rmse`` (kcal/mol/Å)."""
         params = self.params if params is None else self._replicate(jax.tree_util.tree_map(jnp.asarray, params))
-        bs = batch_size or self.config.batch_size
+        batches = _chunks(len(ts), batch_size or self.config.batch_size)
+        policy = self.eval_policy
+        if ts is not self.valid_set or batch_size not in (None, self.config.batch_size):
+            # one padded shape for every batch of this set, at least the validation shape: the
+            # evaluation compiles once per set (not per batch), and not at all if the set fits
+            # the validation shape already compiled
+            policy = ShapePolicy(self.eval_policy.to_json())
+            self._grow(ts, batches, policy)
         sums = None
-        for k in range(0, len(ts), bs):
-            b, nm = self.batch(ts, np.arange(k, min(k + bs, len(ts))),
-                               self.eval_policy if ts is self.valid_set else ShapePolicy())
+        for index in batches:
+            b, nm = self.batch(ts, index, policy)
             _, aux = self._eval(params, b, nm)
             sums = aux if sums is None else jax.tree_util.tree_map(jnp.add, sums, aux)
         return self._summarise(sums)
@@ -562,8 +592,6 @@ class Trainer:
 
         ``callback(info)`` runs after every step (after a checkpoint, if one was written):
         ``info`` has ``epoch``, ``batch``, ``step`` and ``checkpointed``."""
-        from tqdm.auto import tqdm
-
         cfg, st = self.config, self.state
         self.warm_up()
         self.params = self._replicate(self.params)
@@ -574,8 +602,8 @@ class Trainer:
             order = self.epoch_order(epoch)
             sums = st["sums"]
             t0 = time.perf_counter()
-            bar = tqdm(total=len(order), initial=st["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not cfg.progress, leave=False)
+            bar = _progress_bar(cfg.progress, total=len(order), initial=st["batch"],
+                                desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
             nxt = self.batch(self.train_set, order[st["batch"]]) if st["batch"] < len(order) else None
             for k in range(st["batch"], len(order)):
                 b, nm = nxt
