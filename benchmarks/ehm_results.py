@@ -33,6 +33,7 @@ import optax
 
 from phai.models import ml_ehm
 from phai.physics import HOFFMANN, huckel_orbitals_batch
+from phai.train.full_batch import fit_full_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 ELEMENTS = (1, 6, 7, 8)
@@ -79,9 +80,6 @@ def mae(e, tgt, rows=None):
 
 
 def fit_plain(batch, tgt, steps, lr=2e-2):
-    params = hoffmann_table()
-    opt = optax.adam(lr)
-    state = opt.init(params)
     numbers, pos, system = (jax.tree.map(jnp.asarray, x) for x in batch)
     t = ml_ehm.OrbitalTargets(jnp.asarray(tgt.target), jnp.asarray(tgt.weight))
 
@@ -90,17 +88,7 @@ def fit_plain(batch, tgt, steps, lr=2e-2):
         e = huckel_orbitals_batch(pos, system, weighted=True, alpha=alpha, zeta=zeta, K=K).energies
         return ml_ehm.orbital_loss(e, t)
 
-    @jax.jit
-    def step(p, s):
-        v, g = jax.value_and_grad(loss)(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, v
-
-    losses = []
-    for _ in range(steps):
-        params, state, v = step(params, state)
-        losses.append(float(v))
-    return params, np.asarray(losses)
+    return fit_full_batch(loss, hoffmann_table(), optax.adam(lr), steps)
 
 
 def crossings(angles, levels, tol=0.15):

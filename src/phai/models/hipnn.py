@@ -224,7 +224,6 @@ def fit_energies(model: HIPNN, params, species_idx, positions, i, j, energies, *
         labels = jax.tree_util.tree_map_with_path(
             lambda path, _: "frozen" if any(getattr(k, "key", None) == "energy_0" for k in path) else "train", params)
         opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
-    state = opt.init(params)
     energies = jnp.asarray(energies)
 
     def loss_fn(p):
@@ -234,14 +233,6 @@ def fit_energies(model: HIPNN, params, species_idx, positions, i, j, energies, *
             loss = loss + hierarchicality_weight * jnp.mean(jax.vmap(hierarchicality)(out.level_energies, out.atom_mask))
         return loss
 
-    @jax.jit
-    def step(p, s):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, loss
+    from ..train.full_batch import fit_full_batch
 
-    losses = []
-    for _ in range(steps):
-        params, state, loss = step(params, state)
-        losses.append(float(loss))
-    return params, np.asarray(losses)
+    return fit_full_batch(loss_fn, params, opt, steps)

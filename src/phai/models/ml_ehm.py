@@ -202,26 +202,19 @@ def train(model: MLEHM, params, batch, targets: OrbitalTargets, *, steps: int = 
     """Full-batch Adam(W) on :func:`orbital_loss`. ``batch = (numbers, positions, system)``.
     Returns ``(params, losses [steps])``."""
     opt = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05), weight_decay=weight_decay)
-    state = opt.init(params)
     numbers, positions, system = (jax.tree.map(jnp.asarray, x) for x in batch)
     tgt = OrbitalTargets(jnp.asarray(targets.target), jnp.asarray(targets.weight))
 
     def loss_fn(p):
         return orbital_loss(batch_apply(model, p, numbers, positions, system).energies, tgt)
 
-    @jax.jit
-    def step(p, s):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, loss
+    def log(k, loss):
+        if k % log_every == 0:
+            print(f"step {k}: loss {loss:.4f} eV^2", flush=True)
 
-    losses = []
-    for k in range(steps):
-        params, state, loss = step(params, state)
-        losses.append(float(loss))
-        if log_every and k % log_every == 0:
-            print(f"step {k}: loss {losses[-1]:.4f} eV^2", flush=True)
-    return params, np.asarray(losses)
+    from ..train.full_batch import fit_full_batch
+
+    return fit_full_batch(loss_fn, params, opt, steps, callback=log if log_every else None)
 
 
 # --------------------------------------------------------------------------- files

@@ -18,6 +18,7 @@ from .delta import (
            load_delta_folder,
            model_delta_set,
 )
+from .full_batch import fit_full_batch
 from .losses import error_metrics, relative_energy_metrics
 from .model import ANI1X_HIDDEN, ani1x_aev, load_start, scratch_model
 from .sae import fit_self_energies
@@ -45,6 +46,7 @@ __all__ = [
            "delta_record",
            "delta_set",
            "error_metrics",
+           "fit_full_batch",
            "fit_self_energies",
            "freeze_labels",
            "load_delta_folder",
