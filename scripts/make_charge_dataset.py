@@ -28,17 +28,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from phai.labels.conformers import Conformer, sample_conformers
+from phai.labels.conformers import Conformer, MoleculeSpec, sample_molecules
 from phai.labels.labellers import PySCFUKSLabeller
-from phai.labels.store import _umask_mode, label_many, load_records, summary
+from phai.labels.store import (
+    atomic_output,
+    label_many,
+    load_conformers,
+    load_records,
+    save_conformers,
+    summary,
+)
 
 SEED = 0
 TEMPERATURE = 600.0  # K: as the CHNO set (ANI-Tools' NMS temperature)
@@ -98,30 +102,16 @@ def labeller() -> PySCFUKSLabeller:
     return PySCFUKSLabeller(**LEVEL_KW)
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def sample(store: Path, molecules=MOLECULES, count: int = CONFORMERS) -> list[Conformer]:
     """Neutral-state normal-mode samples (GFN2-xTB minima of the neutral, its multiplicity)."""
-    out = []
-    for name, smiles, mult, split in molecules:
-        t0 = time.perf_counter()
-        cs = sample_conformers(smiles, count, TEMPERATURE, name=name, seed=SEED, num_embed=NUM_EMBED,
-                               multiplicity=mult)
-        for c in cs:
-            c.info["split"] = split
-        out += cs
-        print(f"{name:18s} {len(cs):3d} conformers, {len(cs[0].numbers):2d} atoms, mult {mult}, "
-              f"{len({c.info['base'] for c in cs})} minima, {time.perf_counter() - t0:.1f} s", flush=True)
-    store.mkdir(parents=True, exist_ok=True)
-    with open(store / "conformers.json", "w") as fh:
-        json.dump([{"name": c.name, "numbers": c.numbers.tolist(), "positions": c.positions.tolist(),
-                    "charge": c.charge, "multiplicity": c.multiplicity, "info": c.info} for c in out], fh)
+    specs = [MoleculeSpec(name, smiles, count, split, mult) for name, smiles, mult, split in molecules]
+    out = sample_molecules(specs, TEMPERATURE, seed=SEED, num_embed=NUM_EMBED, log=_log)
+    save_conformers(store / "conformers.json", out)
     return out
-
-
-def load_conformers(store: Path) -> list[Conformer]:
-    with open(store / "conformers.json") as fh:
-        raw = json.load(fh)
-    return [Conformer(r["name"], np.asarray(r["numbers"]), np.asarray(r["positions"]), r["charge"],
-                      r["multiplicity"], r["info"]) for r in raw]
 
 
 def charge_states(conformers: list[Conformer]) -> list[Conformer]:
@@ -166,61 +156,48 @@ def export(store: Path, out_path: Path, level: str | None = None) -> dict:
     stats = {"molecules": 0, "geometries": 0, "labels": 0, "complete_triples": 0}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["level"] = level
-            f.attrs["states"] = json.dumps({s: q for q, s in STATES})
-            for name in sorted(by_mol):
-                m = by_mol[name]
-                geoms = sorted(m["geoms"].values(), key=lambda g: (g["sample"], g["positions"]))
-                z = np.asarray(m["numbers"], np.int64)
-                a, c = len(z), len(geoms)
-                x = np.stack([np.asarray(g["positions"], np.float64) for g in geoms])
-                mol = f.create_group(name)
-                for k in ("smiles", "split", "temperature", "seed", "sampler", "neutral_multiplicity"):
-                    if k in m["info"]:
-                        mol.attrs[k] = m["info"][k]
-                stats["molecules"] += 1
-                stats["geometries"] += c
-                stats["complete_triples"] += sum(len(g["states"]) == len(STATES) for g in geoms)
-                for q, state in STATES:
-                    mult = state_multiplicity(int(m["info"]["neutral_multiplicity"]), q)
-                    grp = mol.create_group(state)
-                    grp.attrs["charge"] = q
-                    grp.attrs["multiplicity"] = mult
-                    grp.create_dataset("atomic_numbers", data=z.astype(np.uint8))
-                    grp.create_dataset("coordinates", data=x)
-                    grp.create_dataset("charge", data=np.full(c, q, np.int8))
-                    grp.create_dataset("multiplicity", data=np.full(c, mult, np.int8))
-                    e = np.full(c, np.nan)
-                    frc = np.full((c, a, 3), np.nan)
-                    props = {k: np.full((c, a), np.nan) for k in per_atom}
-                    for i, g in enumerate(geoms):
-                        r = g["states"].get(state)
-                        if r is None:
-                            continue
-                        stats["labels"] += 1
-                        e[i] = r["energy"] / HARTREE_TO_EV
-                        frc[i] = np.asarray(r["forces"]) / HARTREE_TO_EV
-                        for k in per_atom:
-                            props[k][i] = r["extras"][k]
-                    grp.create_dataset(f"{PREFIX}.energy", data=e).attrs["units"] = "Hartree"
-                    grp.create_dataset(f"{PREFIX}.forces", data=frc).attrs["units"] = "Hartree/Angstrom"
-                    for k, v in props.items():
-                        grp.create_dataset(f"{PREFIX}.{k}", data=v).attrs["units"] = (
-                            "electrons" if k.startswith("pop") or k == "spin" else "e")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["level"] = level
+        f.attrs["states"] = json.dumps({s: q for q, s in STATES})
+        for name in sorted(by_mol):
+            m = by_mol[name]
+            geoms = sorted(m["geoms"].values(), key=lambda g: (g["sample"], g["positions"]))
+            z = np.asarray(m["numbers"], np.int64)
+            a, c = len(z), len(geoms)
+            x = np.stack([np.asarray(g["positions"], np.float64) for g in geoms])
+            mol = f.create_group(name)
+            for k in ("smiles", "split", "temperature", "seed", "sampler", "neutral_multiplicity"):
+                if k in m["info"]:
+                    mol.attrs[k] = m["info"][k]
+            stats["molecules"] += 1
+            stats["geometries"] += c
+            stats["complete_triples"] += sum(len(g["states"]) == len(STATES) for g in geoms)
+            for q, state in STATES:
+                mult = state_multiplicity(int(m["info"]["neutral_multiplicity"]), q)
+                grp = mol.create_group(state)
+                grp.attrs["charge"] = q
+                grp.attrs["multiplicity"] = mult
+                grp.create_dataset("atomic_numbers", data=z.astype(np.uint8))
+                grp.create_dataset("coordinates", data=x)
+                grp.create_dataset("charge", data=np.full(c, q, np.int8))
+                grp.create_dataset("multiplicity", data=np.full(c, mult, np.int8))
+                e = np.full(c, np.nan)
+                frc = np.full((c, a, 3), np.nan)
+                props = {k: np.full((c, a), np.nan) for k in per_atom}
+                for i, g in enumerate(geoms):
+                    r = g["states"].get(state)
+                    if r is None:
+                        continue
+                    stats["labels"] += 1
+                    e[i] = r["energy"] / HARTREE_TO_EV
+                    frc[i] = np.asarray(r["forces"]) / HARTREE_TO_EV
+                    for k in per_atom:
+                        props[k][i] = r["extras"][k]
+                grp.create_dataset(f"{PREFIX}.energy", data=e).attrs["units"] = "Hartree"
+                grp.create_dataset(f"{PREFIX}.forces", data=frc).attrs["units"] = "Hartree/Angstrom"
+                for k, v in props.items():
+                    grp.create_dataset(f"{PREFIX}.{k}", data=v).attrs["units"] = (
+                        "electrons" if k.startswith("pop") or k == "spin" else "e")
     return stats
 
 
@@ -276,7 +253,7 @@ def main(argv=None) -> int:
     if args.stage == "sample":
         sample(args.store)
     elif args.stage == "label":
-        confs = charge_states(load_conformers(args.store))
+        confs = charge_states(load_conformers(args.store / "conformers.json"))
         stats = label_many(labeller(), confs, args.store, processes=args.processes, progress=True)
         print(json.dumps(stats))
     elif args.stage == "export":

@@ -19,14 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from phai.labels.conformers import Conformer, sample_conformers
+from phai.labels.conformers import Conformer, MoleculeSpec, sample_molecules
 from phai.labels.labellers import labeller_from_level
-from phai.labels.store import export_ani_h5, label_many, summary
+from phai.labels.store import (
+    export_ani_h5,
+    label_many,
+    load_conformers,
+    save_conformers,
+    summary,
+)
 
 SEED = 0
 TEMPERATURE = 600.0  # K: the ANI-Tools active-learning cycle's NMS temperature
@@ -72,29 +77,15 @@ def conformers_per_molecule(smiles: str) -> int:
     return 10 if heavy_atoms(smiles) <= 2 else 8
 
 
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
 def sample(store: Path) -> list[Conformer]:
-    out = []
-    for name, smiles, split in MOLECULES:
-        t0 = time.perf_counter()
-        cs = sample_conformers(smiles, conformers_per_molecule(smiles), TEMPERATURE, name=name, seed=SEED,
-                               num_embed=NUM_EMBED)
-        for c in cs:
-            c.info["split"] = split
-        out += cs
-        print(f"{name:18s} {len(cs):3d} conformers, {len(cs[0].numbers):2d} atoms, "
-              f"{len({c.info['base'] for c in cs})} minima, {time.perf_counter() - t0:.1f} s", flush=True)
-    store.mkdir(parents=True, exist_ok=True)
-    with open(store / "conformers.json", "w") as fh:
-        json.dump([{"name": c.name, "numbers": c.numbers.tolist(), "positions": c.positions.tolist(),
-                    "charge": c.charge, "multiplicity": c.multiplicity, "info": c.info} for c in out], fh)
+    specs = [MoleculeSpec(name, smiles, conformers_per_molecule(smiles), split) for name, smiles, split in MOLECULES]
+    out = sample_molecules(specs, TEMPERATURE, seed=SEED, num_embed=NUM_EMBED, log=_log)
+    save_conformers(store / "conformers.json", out)
     return out
-
-
-def load_conformers(store: Path) -> list[Conformer]:
-    with open(store / "conformers.json") as fh:
-        raw = json.load(fh)
-    return [Conformer(r["name"], np.asarray(r["numbers"]), np.asarray(r["positions"]), r["charge"],
-                      r["multiplicity"], r["info"]) for r in raw]
 
 
 def rounds(conformers: list[Conformer]) -> list[Conformer]:
@@ -165,7 +156,7 @@ def main(argv=None) -> int:
     if args.stage == "sample":
         sample(args.store)
     elif args.stage == "label":
-        confs = rounds(load_conformers(args.store))
+        confs = rounds(load_conformers(args.store / "conformers.json"))
         if args.max_heavy is not None:
             confs = [c for c in confs if int(np.sum(c.numbers > 1)) <= args.max_heavy]
         stats = label_many(labeller_from_level(args.level), confs, args.store, processes=args.processes,

@@ -47,8 +47,11 @@ molecules get displacements around each rotamer found.
 
 from __future__ import annotations
 
+import time
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -305,4 +308,36 @@ def sample_conformers(smiles: str, count: int, temperature: float = 600.0, *, na
         out.append(Conformer(name, m.numbers.copy(), x, charge, multiplicity,
                              {"smiles": smiles, "base": k % len(base), "sample": k,
                               "temperature": float(temperature), "seed": int(seed), "sampler": "nms/gfn2-xtb"}))
+    return out
+
+
+class MoleculeSpec(NamedTuple):
+    """One molecule of a data set recipe: ``count`` normal-mode samples of ``smiles``, at
+    ``multiplicity`` (2S + 1, neutral), for the ``split`` (``"train"`` or ``"test"``)."""
+
+    name: str
+    smiles: str
+    count: int
+    split: str = "train"
+    multiplicity: int = 1
+
+
+def sample_molecules(molecules: Iterable[MoleculeSpec], temperature: float = 600.0, *, seed: int = 0,
+                     num_embed: int = 3, log: Callable[[str], None] | None = None) -> list[Conformer]:
+    """:func:`sample_conformers` for each molecule in turn (neutral), ``info["split"]`` set.
+
+    ``log`` (e.g. ``print``) gets one line per molecule: conformers, atoms, multiplicity,
+    minima, seconds; None (default) is silent. Returns the conformers in molecule order.
+    """
+    out = []
+    for m in molecules:
+        t0 = time.perf_counter()
+        cs = sample_conformers(m.smiles, m.count, temperature, name=m.name, seed=seed, num_embed=num_embed,
+                               multiplicity=m.multiplicity)
+        for c in cs:
+            c.info["split"] = m.split
+        out += cs
+        if log is not None:
+            log(f"{m.name:18s} {len(cs):3d} conformers, {len(cs[0].numbers):2d} atoms, mult {m.multiplicity}, "
+                f"{len({c.info['base'] for c in cs})} minima, {time.perf_counter() - t0:.1f} s")
     return out

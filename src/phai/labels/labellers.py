@@ -127,7 +127,18 @@ class PySCFLabeller(Labeller):
       grid_level: PySCF ``grids.level`` (3 = PySCF default).
       conv_tol: SCF energy convergence (Hartree).
       max_cycle: SCF iterations before :class:`LabelFailed`.
+
+    Subclasses change what differs through the class attributes below (set per instance
+    for :attr:`density_fit`) and :meth:`_extras`; the SCF set-up, the convergence check and
+    the analytic gradient are shared.
     """
+
+    unrestricted: bool = False
+    """Run UKS/UHF for every multiplicity (else RKS/RHF for singlets, UKS/UHF otherwise)."""
+    density_fit: bool = False
+    """Density-fitted Coulomb and exchange (PySCF's default auxiliary basis)."""
+    newton_fallback: bool = False
+    """Give an SCF that DIIS does not converge one second-order (Newton) attempt."""
 
     def __init__(self, method: str = "wb97x", basis: str = "6-31g*", cart: bool | None = None,
                  grid_level: int = 3, conv_tol: float = 1e-10, max_cycle: int = 100):
@@ -150,28 +161,51 @@ class PySCFLabeller(Labeller):
                 "grid_level": str(self.grid_level)}
 
     def scf(self, mol, multiplicity: int):
-        """The PySCF SCF object (not yet run) for ``mol``."""
+        """The PySCF SCF object (not yet run) for ``mol``: RKS/RHF for a singlet unless
+        :attr:`unrestricted`, else UKS/UHF; density-fitted if :attr:`density_fit`."""
         from pyscf import dft, scf
 
+        open_shell = self.unrestricted or multiplicity > 1
         if self.method == "hf":
-            mf = scf.RHF(mol) if multiplicity == 1 else scf.UHF(mol)
+            mf = scf.UHF(mol) if open_shell else scf.RHF(mol)
         else:
-            mf = dft.RKS(mol) if multiplicity == 1 else dft.UKS(mol)
+            mf = dft.UKS(mol) if open_shell else dft.RKS(mol)
             mf.xc = self.method
             mf.grids.level = self.grid_level
+        if self.density_fit:
+            mf = mf.density_fit()  # PySCF's default auxiliary basis for the orbital basis
         mf.conv_tol = self.conv_tol
         mf.max_cycle = self.max_cycle
         return mf
 
-    def _compute(self, numbers, positions, charge, multiplicity):
-        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
+    def _converged_scf(self, mol, multiplicity: int):
+        """``(mf, energy in Hartree)`` of a converged SCF; :class:`LabelFailed` otherwise."""
         mf = self.scf(mol, multiplicity)
         e = mf.kernel()
-        if not mf.converged:
+        if mf.converged:
+            return mf, e
+        if not self.newton_fallback:
             raise LabelFailed(f"{self.level}: SCF did not converge in {self.max_cycle} cycles (last E = {e} Ha)")
+        # one second-order (Newton) attempt from where DIIS stopped: anions with diffuse
+        # functions occasionally oscillate
+        mf = mf.newton()
+        e = mf.kernel(mf.make_rdm1())
+        if not mf.converged:
+            raise LabelFailed(f"{self.level}: SCF did not converge (DIIS {self.max_cycle} cycles, then Newton; "
+                              f"last E = {e} Ha)")
+        return mf, e
+
+    def _extras(self, mol, mf, numbers) -> dict[str, Any]:
+        """Method-specific results beside energy and forces (none here)."""
+        return {}
+
+    def _compute(self, numbers, positions, charge, multiplicity):
+        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
+        mf, e = self._converged_scf(mol, multiplicity)
         grad = mf.nuc_grad_method().kernel()
         return {"energy": float(e) * HARTREE_TO_EV,
-                "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM)}
+                "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM),
+                **self._extras(mol, mf, numbers)}
 
 
 class PySCFUKSLabeller(PySCFLabeller):
@@ -217,6 +251,9 @@ class PySCFUKSLabeller(PySCFLabeller):
     before :class:`LabelFailed`.
     """
 
+    unrestricted = True
+    newton_fallback = True
+
     def __init__(self, method: str = "wb97x", basis: str = "6-31+g*", cart: bool | None = None,
                  grid_level: int = 3, conv_tol: float = 1e-10, max_cycle: int = 100, density_fit: bool = False):
         super().__init__(method=method, basis=basis, cart=cart, grid_level=grid_level, conv_tol=conv_tol,
@@ -233,40 +270,10 @@ class PySCFUKSLabeller(PySCFLabeller):
         out["density_fit"] = str(self.density_fit)
         return out
 
-    def scf(self, mol, multiplicity: int):
-        """A PySCF UKS (or UHF) object (not yet run) for ``mol``, whatever the multiplicity."""
-        from pyscf import dft, scf
-
-        if self.method == "hf":
-            mf = scf.UHF(mol)
-        else:
-            mf = dft.UKS(mol)
-            mf.xc = self.method
-            mf.grids.level = self.grid_level
-        if self.density_fit:
-            mf = mf.density_fit()  # PySCF's default auxiliary basis for the orbital basis
-        mf.conv_tol = self.conv_tol
-        mf.max_cycle = self.max_cycle
-        return mf
-
-    def _compute(self, numbers, positions, charge, multiplicity):
-        mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
-        mf = self.scf(mol, multiplicity)
-        e = mf.kernel()
-        if not mf.converged:
-            # one second-order (Newton) attempt from where DIIS stopped: anions with diffuse
-            # functions occasionally oscillate
-            mf = mf.newton()
-            e = mf.kernel(mf.make_rdm1())
-            if not mf.converged:
-                raise LabelFailed(f"{self.level}: SCF did not converge (DIIS {self.max_cycle} cycles, then Newton; "
-                                  f"last E = {e} Ha)")
-        grad = mf.nuc_grad_method().kernel()
+    def _extras(self, mol, mf, numbers):
         pop_a, pop_b = spin_populations(mol, mf.make_rdm1())
         half_z = numbers.astype(np.float64) / 2.0
-        return {"energy": float(e) * HARTREE_TO_EV,
-                "forces": -np.asarray(grad) * (HARTREE_TO_EV / BOHR_TO_ANGSTROM),
-                "pop_alpha": pop_a, "pop_beta": pop_b, "q_alpha": half_z - pop_a, "q_beta": half_z - pop_b,
+        return {"pop_alpha": pop_a, "pop_beta": pop_b, "q_alpha": half_z - pop_a, "q_beta": half_z - pop_b,
                 "charges": numbers - pop_a - pop_b, "spin": pop_a - pop_b}
 
 

@@ -30,12 +30,13 @@ is raised before anything is computed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -74,28 +75,69 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON durably: temp file in the same folder, fsync, os.replace, fsync the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
+def _fsync_folder(folder: Path) -> None:
+    """``fsync`` a folder, so that a rename inside it survives a crash."""
+    dfd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_output(path) -> Iterator[Path]:
+    """Write a file atomically: ``with atomic_output(path) as tmp:`` write ``tmp`` by name.
+
+    ``tmp`` is a new empty file ``.<name>.*.tmp`` in ``path``'s folder, with the mode an
+    ordinary ``open`` would give (``0o666`` minus the umask). When the block ends normally,
+    ``tmp`` is ``fsync``-ed and moved onto ``path`` by ``os.replace`` (atomic on POSIX), and
+    the folder is ``fsync``-ed; when it raises, ``tmp`` is deleted and ``path`` is untouched.
+    So a crash leaves either the old file or the whole new one, never a part.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, _umask_mode())
+        finally:
+            os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON (``json.dump`` defaults) durably, through :func:`atomic_output`."""
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh)
+
+
+def save_conformers(path, conformers: Iterable[Conformer]) -> Path:
+    """Write conformers as a JSON list (atomically), e.g. ``STORE/conformers.json``.
+
+    One object per conformer: ``name``, ``numbers`` ``[A]``, ``positions`` ``[A, 3]`` (Å),
+    ``charge`` (e), ``multiplicity``, ``info``. :func:`load_conformers` reads it back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, [{"name": c.name, "numbers": np.asarray(c.numbers).tolist(),
+                              "positions": np.asarray(c.positions).tolist(), "charge": int(c.charge),
+                              "multiplicity": int(c.multiplicity), "info": c.info} for c in conformers])
+    return path
+
+
+def load_conformers(path) -> list[Conformer]:
+    """The conformers of a file written by :func:`save_conformers`, in file order."""
+    with open(path) as fh:
+        raw = json.load(fh)
+    return [Conformer(r["name"], np.asarray(r["numbers"]), np.asarray(r["positions"]), r["charge"],
+                      r["multiplicity"], r["info"]) for r in raw]
 
 
 def read_record(path: Path) -> dict | None:
@@ -344,32 +386,19 @@ def export_ani_h5(store_path, out_path, levels: Sequence[str] | None = None,
         raise InputError(f"{store_path}: no finished labels to export")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, m in data.items():
-                grp = f.create_group(name)
-                grp.attrs["molecule"] = name
-                info0 = m["info"][0] if m["info"] else {}
-                for k in ("smiles", "split", "temperature", "seed", "sampler"):
-                    if k in info0:
-                        grp.attrs[k] = info0[k]
-                grp.create_dataset("atomic_numbers", data=m["numbers"].astype(np.uint8))
-                grp.create_dataset("coordinates", data=m["positions"])
-                for k, v in m["labels"].items():
-                    ds = grp.create_dataset(k, data=v / HARTREE_TO_EV)
-                    ds.attrs["units"] = "Hartree/Angstrom" if k.endswith(".forces") else "Hartree"
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        for name, m in data.items():
+            grp = f.create_group(name)
+            grp.attrs["molecule"] = name
+            info0 = m["info"][0] if m["info"] else {}
+            for k in ("smiles", "split", "temperature", "seed", "sampler"):
+                if k in info0:
+                    grp.attrs[k] = info0[k]
+            grp.create_dataset("atomic_numbers", data=m["numbers"].astype(np.uint8))
+            grp.create_dataset("coordinates", data=m["positions"])
+            for k, v in m["labels"].items():
+                ds = grp.create_dataset(k, data=v / HARTREE_TO_EV)
+                ds.attrs["units"] = "Hartree/Angstrom" if k.endswith(".forces") else "Hartree"
     return out_path
 
 
