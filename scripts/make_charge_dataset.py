@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from phai.atomic import atomic_output
 from phai.labels.conformers import Conformer, MoleculeSpec, sample_molecules
 from phai.labels.labellers import PySCFUKSLabeller
 from phai.labels.store import (
-    atomic_output,
     label_many,
     load_conformers,
     load_records,

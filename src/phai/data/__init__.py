@@ -19,6 +19,7 @@ from .ani_h5 import (
            open_ani_h5,
            read_ani_h5,
            write_ani_h5,
+           write_ani_h5_arrays,
 )
 from .batches import Batch, batch_plan, iter_batches, num_batches
 from .conformations import Conformations, ConformerGroup, connectivity, formula
@@ -40,5 +41,6 @@ __all__ = [
            "read_ani_h5",
            "read_extxyz",
            "write_ani_h5",
+           "write_ani_h5_arrays",
            "write_extxyz",
 ]

@@ -28,19 +28,19 @@ file) raises :class:`~phai.errors.InputError` naming the file, the group and the
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..errors import InputError
 from ..units import HARTREE_TO_EV
 from .conformations import Conformations, ConformerGroup
 
-__all__ = ["ANIH5Dataset", "ani_h5_keys", "iter_ani_h5", "open_ani_h5", "read_ani_h5", "write_ani_h5"]
+__all__ = ["ANIH5Dataset", "ani_h5_keys", "iter_ani_h5", "open_ani_h5", "read_ani_h5", "write_ani_h5",
+           "write_ani_h5_arrays"]
 
 _STRUCTURE_FIELDS = ("atomic_numbers", "species", "coordinates")
 _EV_UNITS = ("eV", "eV/Angstrom", "eV/A", "eV/Å")
@@ -406,6 +406,24 @@ def _merge_by_name(conformations: Conformations) -> dict[str, list[ConformerGrou
     return merged
 
 
+def _structure_group(f, name: str, attrs: dict, numbers, positions, compression: str | None = None):
+    """A new group ``name`` with its attributes, ``atomic_numbers [A]`` (uint8) and
+    ``coordinates [C, A, 3]`` (float64 Å)."""
+    grp = f.create_group(name)
+    for k, v in attrs.items():
+        grp.attrs[k] = v
+    grp.create_dataset("atomic_numbers", data=np.asarray(numbers).astype(np.uint8))
+    grp.create_dataset("coordinates", data=positions, compression=compression)
+    return grp
+
+
+def _label_dataset(grp, key: str, value, hartree: bool, compression: str | None = None) -> None:
+    """Energies ``[C]`` eV or forces ``[C, A, 3]`` eV/Å (any array: ``/Angstrom`` when 3-D) as
+    dataset ``key``, in Hartree(/Å) if ``hartree`` else unchanged, with its ``units`` attribute."""
+    ds = grp.create_dataset(key, data=value / HARTREE_TO_EV if hartree else value, compression=compression)
+    ds.attrs["units"] = ("Hartree" if hartree else "eV") + ("/Angstrom" if np.ndim(value) == 3 else "")
+
+
 def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "wb97x_dz.energy",
                  forces_key: str | None = "wb97x_dz.forces", hartree: bool = True,
                  properties: Sequence[str] | None = None, compression: str | None = None, *,
@@ -436,47 +454,76 @@ def write_ani_h5(path, conformations: Conformations, energy_key: str | None = "w
         if key not in keys:
             raise InputError(f"hartree_properties names {key!r}, which is not among the properties written {keys}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, parts in merged.items():
-                g0 = parts[0]
-                grp = f.create_group(name)
-                grp.attrs["molecule"] = g0.molecule
-                grp.create_dataset("atomic_numbers", data=g0.numbers.astype(np.uint8))
-                grp.create_dataset("coordinates", data=np.concatenate([p.positions for p in parts]),
-                                   compression=compression)
-                if energy_key and all(p.energy is not None for p in parts):
-                    e = np.concatenate([p.energy for p in parts])
-                    ds = grp.create_dataset(energy_key, data=e / HARTREE_TO_EV if hartree else e)
-                    ds.attrs["units"] = "Hartree" if hartree else "eV"
-                if forces_key and all(p.forces is not None for p in parts):
-                    fr = np.concatenate([p.forces for p in parts])
-                    ds = grp.create_dataset(forces_key, data=fr / HARTREE_TO_EV if hartree else fr,
-                                            compression=compression)
-                    ds.attrs["units"] = "Hartree/Angstrom" if hartree else "eV/Angstrom"
-                for key in keys:
-                    if any(key not in p.properties for p in parts):
-                        raise InputError(f"group {name!r}: property {key!r} is missing")
-                    v = np.concatenate([p.properties[key] for p in parts])
-                    if key in hartree_properties:
-                        ds = grp.create_dataset(key, data=v / HARTREE_TO_EV if hartree else v, compression=compression)
-                        ds.attrs["units"] = ("Hartree" if hartree else "eV") + ("/Angstrom" if v.ndim == 3 else "")
-                    else:
-                        grp.create_dataset(key, data=v, compression=compression)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, parts in merged.items():
+            g0 = parts[0]
+            grp = _structure_group(f, name, {"molecule": g0.molecule}, g0.numbers,
+                                   np.concatenate([p.positions for p in parts]), compression)
+            if energy_key and all(p.energy is not None for p in parts):
+                _label_dataset(grp, energy_key, np.concatenate([p.energy for p in parts]), hartree)
+            if forces_key and all(p.forces is not None for p in parts):
+                _label_dataset(grp, forces_key, np.concatenate([p.forces for p in parts]), hartree, compression)
+            for key in keys:
+                if any(key not in p.properties for p in parts):
+                    raise InputError(f"group {name!r}: property {key!r} is missing")
+                v = np.concatenate([p.properties[key] for p in parts])
+                if key in hartree_properties:
+                    _label_dataset(grp, key, v, hartree, compression)
+                else:
+                    grp.create_dataset(key, data=v, compression=compression)
+    return path
+
+
+def write_ani_h5_arrays(path, groups: Mapping[str, Mapping], *, hartree: bool = True) -> Path:
+    """Write labels that may be missing (NaN) in the ANI-1x layout, atomically.
+
+    :func:`write_ani_h5` takes a :class:`Conformations`, whose labels are finite by
+    construction; a labelling run (:func:`phai.labels.export_ani_h5`) has levels that cover
+    only part of the geometries, and the ANI-1x release marks a label that was not computed
+    with NaN. This writer takes plain arrays and allows exactly that.
+
+    Args:
+      path: the file to create (replaced whole if it exists).
+      groups: ``{group name: {"numbers": [A] atomic numbers, "positions": [C, A, 3] Å,
+        "labels": {dataset name: [C] energies eV or [C, A, 3] forces eV/Å, NaN where not
+        computed}, "attrs": {group attribute: value} (optional)}}``.
+      hartree: write labels in Hartree and Hartree/Å (the public files' units), else in eV.
+
+    Each group holds ``atomic_numbers`` (uint8), ``coordinates`` (float64 Å) and one dataset
+    per label with a ``units`` attribute (as :func:`write_ani_h5` writes energies and forces).
+    :func:`read_ani_h5` reads it back, dropping the NaN-labelled conformations of the keys it
+    is asked for. Raises :class:`~phai.errors.InputError` on a bad name, shape, a non-finite
+    position or an infinite label.
+    """
+    import h5py
+
+    checked = {}
+    for name, g in groups.items():
+        if "/" in name or not name.strip():
+            raise InputError(f"group {name!r}: not a valid HDF5 group name (no '/', not empty)")
+        z = np.asarray(g["numbers"])
+        x = np.asarray(g["positions"], np.float64)
+        if z.ndim != 1 or x.ndim != 3 or x.shape[1:] != (len(z), 3):
+            raise InputError(f"group {name!r}: positions {x.shape} do not fit [C, {len(z)}, 3] for numbers {z.shape}")
+        if not np.isfinite(x).all():
+            raise InputError(f"group {name!r}: positions hold a non-finite value")
+        labels = {}
+        for key, v in g.get("labels", {}).items():
+            v = np.asarray(v, np.float64)
+            if key in _STRUCTURE_FIELDS or "/" in key:
+                raise InputError(f"group {name!r}: label {key!r} clashes with a structure dataset name, or holds '/'")
+            if v.shape not in ((len(x),), (len(x), len(z), 3)):
+                raise InputError(f"group {name!r}: label {key!r} has shape {v.shape}, expected ({len(x)},) "
+                                 f"or ({len(x)}, {len(z)}, 3)")
+            if np.isinf(v).any():
+                raise InputError(f"group {name!r}: label {key!r} holds an infinite value (NaN marks 'not computed')")
+            labels[key] = v
+        checked[name] = (dict(g.get("attrs", {})), z, x, labels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, (attrs, z, x, labels) in checked.items():
+            grp = _structure_group(f, name, attrs, z, x)
+            for key, v in labels.items():
+                _label_dataset(grp, key, v, hartree)
     return path

@@ -11,11 +11,12 @@
 * :mod:`~phai.labels.store`: :func:`label_many` (parallel processes, one durable file per
   label, resumes without recomputing), :func:`export_ani_h5` (ANI-1x HDF5 layout),
   :func:`save_conformers`/:func:`load_conformers` (a recipe's ``conformers.json``) and
-  :func:`atomic_output` (any file written whole or not at all).
+  :func:`atomic_output` (from :mod:`phai.atomic`: any file written whole or not at all).
 
 PySCF, tblite and RDKit are imported only inside the functions that use them.
 """
 
+from ..atomic import atomic_output
 from .conformers import (
     Conformer,
     MoleculeSpec,
@@ -34,7 +35,6 @@ from .labellers import (
     labeller_from_level,
 )
 from .store import (
-    atomic_output,
     collect,
     export_ani_h5,
     label_key,

@@ -30,20 +30,18 @@ is raised before anything is computed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
 from ..errors import InputError
-from ..units import HARTREE_TO_EV
 from .conformers import Conformer
 from .labellers import LabelFailed, Labeller, check_electrons
 
@@ -68,52 +66,8 @@ def label_key(level: str, numbers, positions, charge: int = 0, multiplicity: int
     return h.hexdigest()[:40]
 
 
-def _umask_mode() -> int:
-    """``0o666`` minus the process umask: the mode an ordinary ``open`` would give (mkstemp gives 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """``fsync`` a folder, so that a rename inside it survives a crash."""
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-@contextlib.contextmanager
-def atomic_output(path) -> Iterator[Path]:
-    """Write a file atomically: ``with atomic_output(path) as tmp:`` write ``tmp`` by name.
-
-    ``tmp`` is a new empty file ``.<name>.*.tmp`` in ``path``'s folder, with the mode an
-    ordinary ``open`` would give (``0o666`` minus the umask). When the block ends normally,
-    ``tmp`` is ``fsync``-ed and moved onto ``path`` by ``os.replace`` (atomic on POSIX), and
-    the folder is ``fsync``-ed; when it raises, ``tmp`` is deleted and ``path`` is untouched.
-    So a crash leaves either the old file or the whole new one, never a part.
-    """
-    path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        try:
-            os.fchmod(fd, _umask_mode())
-        finally:
-            os.close(fd)
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
 def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON (``json.dump`` defaults) durably, through :func:`atomic_output`."""
+    """Write ``obj`` as JSON (``json.dump`` defaults) durably, through :func:`phai.atomic.atomic_output`."""
     with atomic_output(path) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh)
 
@@ -372,11 +326,10 @@ def export_ani_h5(store_path, out_path, levels: Sequence[str] | None = None,
     ``info``). :func:`phai.data.read_ani_h5` reads it back (in eV), dropping NaN-labelled
     conformations of the requested keys.
 
-    Written here with h5py rather than :func:`phai.data.write_ani_h5` because that writer's
-    container refuses NaN, and a store where the expensive level covers only part of the
-    geometries needs NaN for "not computed".
+    Written by :func:`phai.data.ani_h5.write_ani_h5_arrays`, the ANI writer that takes NaN for
+    "not computed" (a store where the expensive level covers only part of the geometries).
     """
-    import h5py
+    from ..data.ani_h5 import write_ani_h5_arrays
 
     data = collect(store_path, levels)
     if molecules is not None:
@@ -384,22 +337,13 @@ def export_ani_h5(store_path, out_path, levels: Sequence[str] | None = None,
         data = {k: v for k, v in data.items() if k in keep}
     if not data:
         raise InputError(f"{store_path}: no finished labels to export")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        for name, m in data.items():
-            grp = f.create_group(name)
-            grp.attrs["molecule"] = name
-            info0 = m["info"][0] if m["info"] else {}
-            for k in ("smiles", "split", "temperature", "seed", "sampler"):
-                if k in info0:
-                    grp.attrs[k] = info0[k]
-            grp.create_dataset("atomic_numbers", data=m["numbers"].astype(np.uint8))
-            grp.create_dataset("coordinates", data=m["positions"])
-            for k, v in m["labels"].items():
-                ds = grp.create_dataset(k, data=v / HARTREE_TO_EV)
-                ds.attrs["units"] = "Hartree/Angstrom" if k.endswith(".forces") else "Hartree"
-    return out_path
+    groups = {}
+    for name, m in data.items():
+        info0 = m["info"][0] if m["info"] else {}
+        attrs = {"molecule": name, **{k: info0[k] for k in ("smiles", "split", "temperature", "seed", "sampler")
+                                      if k in info0}}
+        groups[name] = {"numbers": m["numbers"], "positions": m["positions"], "labels": m["labels"], "attrs": attrs}
+    return write_ani_h5_arrays(out_path, groups)
 
 
 def summary(store_path) -> dict:
