@@ -189,6 +189,12 @@ def markdown(result: dict) -> str:
         if k in cd:
             v = cd[k]
             lines.append(f"| {k} | {v['r2']:.3f} | {v['mae_ev']:.3f} | {v['ref_mean_ev']:.2f} | {v['ref_std_ev']:.2f} |")
+    if len(result.get("folds", [])) > 1:
+        lines += ["", "| fold | held-out molecules | geometries | R² IP | R² EA | R² χ | R² η | R² ω | E MAE / eV |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for f, row in enumerate(result["folds"]):
+            r = " | ".join(f"{row[k]:.2f}" if k in row else "-" for k in ("ip", "ea", "chi", "eta", "omega"))
+            lines.append(f"| {f} | {len(row['test_molecules'])} | {row['cdft_n']} | {r} | {row['energy_mae_ev']:.2f} |")
     return "\n".join(lines)
 
 
@@ -244,7 +250,11 @@ def main(argv=None) -> int:
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--valid-fraction", type=float, default=0.15)
     ap.add_argument("--train-eval-every", type=int, default=25)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the first member (inner validation split, weights)")
+    ap.add_argument("--fold-seed", type=int, default=0, help="seed of the test split / the folds")
+    ap.add_argument("--average", nargs="*", default=[],
+                    help="results JSON files of earlier runs with the same folds: average their held-out "
+                         "energies with this run's (a larger ensemble, trained one run at a time)")
     ap.add_argument("--size", default="small", help="small, default or tiny")
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results/aimnet_me.json"))
     args = ap.parse_args(argv)
@@ -260,15 +270,15 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t0:7.0f} s] {msg}", flush=True)
 
     if args.folds:
-        fold_names = folds_by_molecule(data, args.folds, args.seed)
+        fold_names = folds_by_molecule(data, args.folds, args.fold_seed)
     else:
         names = file_test_split(path)
         if not names and data.split is not None:
             names = sorted(set(data.molecule[data.split == "test"].tolist()))
-        fold_names = [split(data, names, args.test_fraction, args.seed)[2]]
+        fold_names = [split(data, names, args.test_fraction, args.fold_seed)[2]]
     tests, preds, per_fold, trainers = [], [], [], []
     for f, names in enumerate(fold_names):
-        train, test, _ = split(data, names, 0.0, args.seed)
+        train, test, _ = split(data, names, 0.0, args.fold_seed)
         log(f"fold {f}: train {len(train)} states, test {len(test)} states ({', '.join(names)})")
         out = Path(args.out) if args.out and not args.folds else None
         trainers = train_members(args, train, elements, out, log)
@@ -284,6 +294,15 @@ def main(argv=None) -> int:
     pred = {k: (np.concatenate([p[k] for p in preds]) if k == "energy" else [x for p in preds for x in p[k]])
             for k in preds[0]}
     seconds = time.perf_counter() - t0
+    own = {"energy": pred["energy"].tolist(), "geometry": test.geometry.tolist(), "charge": test.charge.tolist()}
+    runs = [own]
+    for other in args.average:
+        o = json.loads(Path(other).read_text())["predictions"]
+        if o["geometry"] != own["geometry"] or o["charge"] != own["charge"]:
+            raise SystemExit(f"{other}: other held-out states (folds) than this run")
+        runs.append(o)
+    single = metrics(test, pred)
+    pred["energy"] = np.mean([r["energy"] for r in runs], axis=0)
     if args.out and not args.folds:
         trainers[0].save_model(args.out)
     result = {"data": str(path), "states": len(data), "molecules": len(np.unique(data.molecule)),
@@ -291,7 +310,11 @@ def main(argv=None) -> int:
               "protocol": (f"{args.folds}-fold cross-validation over molecules (every molecule held out once; "
                            "metrics pooled over the held-out predictions)" if args.folds else "fixed split"),
               "folds": per_fold, "test_states": len(test), "members": args.members, "epochs": args.epochs,
-              "seconds": seconds, "config": trainers[0].config.to_json(), "test": metrics(test, pred)}
+              "seconds": seconds, "config": trainers[0].config.to_json(), "test": metrics(test, pred),
+              "averaged_runs": [str(a) for a in args.average], "test_this_run_only": single, "predictions": own}
+    if args.average:
+        # charges were not kept from the earlier runs: the charge metrics are this run's
+        result["test"]["charges"] = single["charges"]
     if not args.folds:
         result["train"] = evaluate([t.potential() for t in trainers], trainers[0].train_set)["states"]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
