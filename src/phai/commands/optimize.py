@@ -11,10 +11,9 @@ bad input.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_output
 from ..errors import InputError
 
 
@@ -47,20 +46,11 @@ def load_potential(args):
 
 
 def write_atomic(path, atoms_list, **kw) -> None:
-    """Write structures as extended XYZ through a temp file, fsync and ``os.replace``."""
+    """Write structures as extended XYZ atomically (:func:`phai.atomic.atomic_output`)."""
     import ase.io
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            ase.io.write(fh, atoms_list, format="extxyz", **kw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        ase.io.write(fh, atoms_list, format="extxyz", **kw)
 
 
 def register(sub) -> None:

@@ -12,11 +12,10 @@ conformers), else by formula, atom order and connectivity.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import atomic_output
 from ..errors import InputError
 from .conformations import Conformations
 
@@ -66,14 +65,6 @@ def write_extxyz(path, conformations: Conformations, energy_key: str = "energy",
         atoms.calc = None  # labels are in info/arrays under the chosen keys
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            write(fh, frames, format="extxyz")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        write(fh, frames, format="extxyz")
     return path
