@@ -334,7 +334,7 @@ def test_delta_potential_in_ase_and_md(small_h5, base_dir, delta_dir, tmp_path):
     frames = ase.io.read(traj, ":")
     assert [fr.info["step"] for fr in frames] == [0, 1, 2, 3]
     for fr in frames:  # the jax-md energy function is base + Δ
-        assert fr.info["potential_eV"] == pytest.approx(pot.energy(fr.numbers, fr.positions), abs=1e-6)
+        assert fr.info["potential_eV"] == pytest.approx(pot(fr.numbers, fr.positions).energy, abs=1e-6)
     # velocity Verlet: x1 = x0 + dt p0 / m + dt^2 F0 / (2 m), so F0 = 2 m (x1 - x0 - dt p0 / m) / dt^2
     # (the file keeps 8 decimals of Å: ~2e-5 eV/Å for oxygen at dt = 1 fs)
     tau = dt * FS

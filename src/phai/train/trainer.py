@@ -25,9 +25,21 @@ weights and optimizer state replicated; XLA inserts the gradient all-reduce. On 
 hosts, call ``jax.distributed.initialize()`` in every process first (coordinator address,
 process count and id, or the cluster's environment), build the same :class:`Trainer` in
 each, with ``num_devices = jax.device_count()``: ``jax.devices()`` then lists the devices
-of all hosts and the same program runs SPMD; each process must assemble the same global
-batch (the order depends only on the seed and the epoch), and only process 0 should
-write checkpoints (``write = jax.process_index() == 0``).
+of all hosts and the same program runs SPMD; every process assembles the same global
+batch (the order depends only on the seed and the epoch) and ``jax.device_put`` hands
+each device its part. Only process 0 (``jax.process_index() == 0``) writes the output
+folder (checkpoints, model, logs); give every process the same ``out_dir`` on a shared
+file system, so that a restarted job resumes everywhere from the same checkpoint. CPU
+hosts need ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` before
+``jax.distributed.initialize``. Sketch, one process per host (or per GPU)::
+
+    import jax
+    jax.distributed.initialize(coordinator_address="host0:1234", num_processes=N, process_id=i)
+    cfg = TrainConfig(..., num_devices=jax.device_count())
+    Trainer(cfg, load_data(...), out_dir="/shared/run").fit()   # the same call everywhere
+
+(``PHAI_TEST_MULTIHOST=1 pytest tests/test_train.py -k two_processes`` runs this with two
+processes on one machine and checks it against a one-device run.)
 """
 
 from __future__ import annotations
@@ -614,7 +626,7 @@ class Trainer:
                 st["batch"], st["step"], st["sums"] = k + 1, st["step"] + 1, sums
                 bar.update(1)
                 done = False
-                if self.out_dir is not None and cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 \
+                if self._writes and cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0 \
                         and k + 1 < len(order):
                     self.save_checkpoint()
                     done = True
@@ -627,14 +639,20 @@ class Trainer:
                 h = st["history"][-1]
                 print(f"epoch {h['epoch']}: train E RMSE {h['train_energy_rmse']:.3f}, val E RMSE "
                       f"{h['val_energy_rmse']:.3f} kcal/mol, lr {st['lr']:.2e}", flush=True)
-            if self.out_dir is not None:
+            if self._writes:
                 self.save_checkpoint()
                 self.save_model(self.out_dir)
                 self.write_logs()
-        if self.out_dir is not None and cfg.plot and st["history"]:
+        if self._writes and cfg.plot and st["history"]:
             plot_learning_curve(st["history"], self.out_dir / "learning_curve.png")
         stopped = st["stopped"] or f"{cfg.epochs} epochs"
         return FitResult(jax.device_get(self.params), self.best_params, self.sae, st["history"], stopped, self.out_dir)
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes ``out_dir``: there is one, and this is process 0 of
+        a multi-process (``jax.distributed``) run or the only process."""
+        return self.out_dir is not None and jax.process_index() == 0
 
     def write_logs(self) -> None:
         hist = self.state["history"]
