@@ -299,7 +299,8 @@ def run_md(atoms, potential="ani-1x", *, trajectory=None, log=None, progress: bo
       atoms: ``ase.Atoms``, a molecule (``pbc`` all False) or a periodic cell (all True).
         Not modified.
       potential: model name for :func:`phai.load` (float32) or a loaded ANI or AIMNet2
-        potential; a float64 potential runs the whole trajectory in float64. AIMNet2 runs
+        potential, or a base + Δ :class:`phai.train.DeltaPotential` of ANI parts (a ``phai
+        train --base`` folder); a float64 potential runs the whole trajectory in float64. AIMNet2 runs
         molecules only (a periodic cell is an :class:`InputError`).
       trajectory: path of an extended XYZ file written frame by frame (step 0 first),
         with ``time_fs``, ``step``, ``potential_eV``, ``kinetic_eV``, ``temperature_K`` in

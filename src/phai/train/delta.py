@@ -8,7 +8,9 @@ alternative to transfer learning, [R] Fig. 3a). Two kinds of base:
   ``E_label - E_base(x)`` (and ``F_label - F_base(x)`` with forces) computed by phai with the
   base potential in float64. The output folder records the base (``config.json`` key
   ``"delta"``, :func:`delta_record`), so ``phai.load(DIR)`` returns the combined
-  :class:`DeltaPotential` and ``phai energy --model DIR`` prints base + Δ.
+  :class:`DeltaPotential` and ``phai energy --model DIR`` prints base + Δ (``phai md --model
+  DIR`` and :class:`phai.ase.PhaiCalculator` run it too). The base may itself be a trained
+  model folder (recorded as given and as an absolute path).
 * **a stored lower level** (``phai train --delta-from wb97x_dz.energy``, :func:`delta_set`):
   the targets are ``E_high - E_low`` of two fields of the data file. There is no model to add
   back: ``phai.load(DIR)`` returns the Δ ensemble alone, marked with the attribute
