@@ -217,6 +217,7 @@ def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> li
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed + m, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
+                       spin_state_shifts=args.spin_shifts,
                        train_eval_every=args.train_eval_every)
 
         def show(row, m=m):
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--force-weight", type=float, default=0.0)
     ap.add_argument("--charge-weight", type=float, default=10.0)
     ap.add_argument("--diff-weight", type=float, default=0.0, help="weight of the IP/EA (state difference) loss, 1/eV^2")
+    ap.add_argument("--spin-shifts", action="store_true",
+                    help="self-energy offsets per charge and multiplicity (radical ions apart from closed-shell ions)")
     ap.add_argument("--members", type=int, default=1, help="ensemble members (seeds) averaged")
     ap.add_argument("--folds", type=int, default=0,
                     help="cross-validation over molecule folds (0: the file's split / --test-fraction)")

@@ -95,6 +95,23 @@ def test_self_energies_per_charge_state(dataset):
     assert shift[1] == 0.0 and shift[2] > 5.0 and shift[0] > shift[2] - 20
     resid = dataset.energy - me.reference_energy(dataset.numbers, dataset.charge, (1, 6, 7, 8), (-1, 0, 1), sae, shift)
     assert np.sqrt(np.mean(resid ** 2)) < np.std(dataset.energy)
+    # per charge and multiplicity: every state here is one (Q, M) cell per charge, so the same fit;
+    # cells without states (a singlet cation, ...) take their charge's mean
+    sae2, shift2 = me.fit_self_energies(dataset, (1, 6, 7, 8), (-1, 0, 1), max_multiplicity=3)
+    assert shift2.shape == (3, 3)
+    np.testing.assert_allclose(sae2, sae, atol=1e-8)
+    np.testing.assert_allclose(shift2, np.repeat(shift[:, None], 3, axis=1), atol=1e-8)
+    # the set twice, the copy's cations as quartets 3 eV higher: a (+1, 4) offset 3 eV above (+1, 2),
+    # the fit otherwise unchanged (3 compositions for 4 elements: compare fitted energies, not coefficients)
+    cat = dataset.charge == 1
+    both = me.ChargeSet(dataset.numbers * 2, dataset.positions * 2, np.tile(dataset.charge, 2),
+                        np.concatenate([dataset.multiplicity, np.where(cat, 4, dataset.multiplicity)]),
+                        np.concatenate([dataset.energy, dataset.energy + 3.0 * cat]))
+    sae4, shift4 = me.fit_self_energies(both, (1, 6, 7, 8), (-1, 0, 1), max_multiplicity=4)
+    assert shift4[1, 0] == 0.0
+    e4 = me.reference_energy(both.numbers, both.charge, (1, 6, 7, 8), (-1, 0, 1), sae4, shift4, both.multiplicity)
+    np.testing.assert_allclose(e4[:len(dataset)], dataset.energy - resid, atol=1e-6)
+    np.testing.assert_allclose(e4[len(dataset):] - e4[:len(dataset)], 3.0 * cat, atol=1e-6)
 
 
 def test_loss_decreases_and_charges_sum(trained, dataset):

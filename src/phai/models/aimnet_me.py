@@ -4,7 +4,8 @@ The folder (written by :mod:`phai.train.aimnet_me`) holds ``config.json`` (``kin
 ``"aimnet-me"``, the :class:`~phai.models.aimnet.AIMNetConfig` under ``aimnet``) and
 ``arrays.npz``: the flax weights as ``params/<module>/<layer>/<kernel|bias>``, the self
 energies ``sae [S]`` (eV per atom of each element) and ``state_shift [C]`` (eV per charge
-state). Energy = network (float32 or float64) + ``counts . sae + state_shift[Q]`` (float64).
+state) or ``[C, M_max]`` (per charge and multiplicity). Energy = network (float32 or float64) +
+``counts . sae + state_shift[Q]`` (or ``state_shift[Q, M - 1]``), in float64.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class AIMNetMEPotential:
             e, f, qa, qb = float(e), np.asarray(f), np.asarray(qa), np.asarray(qb)
         a = len(z)
         energy = e + float(reference_energy([z], [q], self.cfg.elements, self.cfg.charge_states, self.sae,
-                                            self.state_shift)[0])
+                                            self.state_shift, [m])[0])
         return AIMNetMEResult(energy, f[:a], 0.0, np.array([energy]), a, qa[:a] + qb[:a], qa[:a], qb[:a])
 
     def evaluate(self, structures, charges=None, multiplicities=None) -> list[AIMNetMEResult]:

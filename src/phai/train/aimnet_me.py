@@ -40,7 +40,10 @@ with one offset ``c_Q`` per charge state and ``c_0 = 0``. Why per charge state: 
 between charge states is an ionisation potential or an electron affinity, 5-12 eV and
 *intensive*; a per-element shift scales with the molecule's size and cannot represent it,
 so without ``c_Q`` the network would have to learn a ~10 eV constant as a sum of atomic
-terms (hard, and size-dependent errors). The network then fits the residual. The self
+terms (hard, and size-dependent errors). The network then fits the residual. Optionally
+(``spin_state_shifts``) one offset per charge *and* multiplicity: the cation of a radical (a
+singlet) and of a closed-shell molecule (a doublet) differ by ~2-3 eV in mean vertical IP,
+a difference that is again intensive. The self
 energies are added in float64 on the host (as for ANI), so float32 networks lose no precision
 on totals of thousands of eV.
 
@@ -368,27 +371,63 @@ def element_counts(numbers: list, elements) -> np.ndarray:
     return out
 
 
-def fit_self_energies(cs: ChargeSet, elements, charge_states) -> tuple[np.ndarray, np.ndarray]:
-    """``(sae [S] eV, state_shift [len(charge_states)] eV)``: least squares of
-    ``E ~ counts . sae + c_Q`` over the states of ``cs`` with ``c_0 = 0`` (see the module
-    docstring for why a per-charge-state offset)."""
+def fit_self_energies(cs: ChargeSet, elements, charge_states, max_multiplicity: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``(sae [S] eV, state_shift)``: least squares of ``E ~ counts . sae + c_state`` over the
+    states of ``cs`` (see the module docstring for why a per-state offset).
+
+    ``max_multiplicity`` None: one offset per charge, ``state_shift [len(charge_states)]``,
+    ``c_0 = 0``. Else one per charge *and* multiplicity, ``state_shift [len(charge_states),
+    max_multiplicity]`` (``[q, M - 1]``), zero for the neutral of the lowest multiplicity
+    present: a radical's cation (a singlet) then gets its own offset, apart from a closed-shell
+    molecule's cation (a doublet), so the offsets carry the mean vertical IP and EA of each kind.
+    Cells without training states get the mean of their charge's fitted cells (0 if none).
+    """
     X = element_counts(cs.numbers, elements)
-    others = [q for q in charge_states if q != 0]
-    onehot = np.stack([(cs.charge == q).astype(float) for q in others], axis=1) if others else np.zeros((len(cs), 0))
+    qs = list(charge_states)
+    if max_multiplicity is None:
+        cells = [(q, None) for q in qs if q != 0]
+        hit = [(cs.charge == q) for q, _ in cells]
+    else:
+        seen = sorted({(int(q), int(m)) for q, m in zip(cs.charge, cs.multiplicity)})
+        neutral = [c for c in seen if c[0] == 0]
+        cells = [c for c in seen if not neutral or c != neutral[0]]
+        hit = [(cs.charge == q) & (cs.multiplicity == m) for q, m in cells]
+    onehot = np.stack(hit, axis=1).astype(float) if cells else np.zeros((len(cs), 0))
     A = np.concatenate([X, onehot], axis=1)
     keep = np.flatnonzero(A.any(axis=0))
     coef = np.zeros(A.shape[1])
     coef[keep] = np.linalg.lstsq(A[:, keep], cs.energy, rcond=None)[0]
-    shift = np.zeros(len(charge_states))
-    for c, q in zip(coef[len(elements):], others):
-        shift[list(charge_states).index(q)] = c
+    if max_multiplicity is None:
+        shift = np.zeros(len(qs))
+        for c, (q, _) in zip(coef[len(elements):], cells):
+            shift[qs.index(q)] = c
+        return coef[:len(elements)], shift
+    shift = np.full((len(qs), max_multiplicity), np.nan)
+    if neutral:
+        shift[qs.index(0), neutral[0][1] - 1] = 0.0
+    for c, (q, m) in zip(coef[len(elements):], cells):
+        if q in qs and m <= max_multiplicity:
+            shift[qs.index(q), m - 1] = c
+    for k in range(len(qs)):
+        row = shift[k]
+        row[np.isnan(row)] = np.nanmean(row) if np.isfinite(row).any() else 0.0
     return coef[:len(elements)], shift
 
 
-def reference_energy(numbers: list, charge, elements, charge_states, sae, state_shift) -> np.ndarray:
-    """``[C]`` eV: ``counts . sae + c_Q`` (float64)."""
+def reference_energy(numbers: list, charge, elements, charge_states, sae, state_shift, multiplicity=None) -> np.ndarray:
+    """``[C]`` eV: ``counts . sae + c_state`` (float64); ``state_shift`` per charge ``[len(charge_states)]``
+    or per charge and multiplicity ``[len(charge_states), M_max]`` (then ``multiplicity [C]`` is needed)."""
     idx = np.asarray([list(charge_states).index(int(q)) for q in np.atleast_1d(charge)])
-    return element_counts(numbers, elements) @ np.asarray(sae) + np.asarray(state_shift)[idx]
+    shift = np.asarray(state_shift, np.float64)
+    if shift.ndim == 2:
+        if multiplicity is None:
+            raise InputError("per-multiplicity state offsets need the multiplicities")
+        m = np.clip(np.atleast_1d(np.asarray(multiplicity, np.int64)) - 1, 0, shift.shape[1] - 1)
+        offset = shift[idx, m]
+    else:
+        offset = shift[idx]
+    return element_counts(numbers, elements) @ np.asarray(sae) + offset
 
 
 def pad_structure(numbers, positions, cfg: AIMNetConfig, n_slots: int, k_slots: int | None = None):
@@ -440,7 +479,8 @@ def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | N
             F[k, :a] = cs.forces[k]
         if cs.has_charges:
             qa[k, :a], qb[k, :a] = cs.q_alpha[k], cs.q_beta[k]
-    E = cs.energy - reference_energy(cs.numbers, cs.charge, cfg.elements, cfg.charge_states, sae, state_shift)
+    E = cs.energy - reference_energy(cs.numbers, cs.charge, cfg.elements, cfg.charge_states, sae, state_shift,
+                                     cs.multiplicity)
     state = np.asarray([cfg.charge_states.index(int(q)) for q in cs.charge], np.int32)
     geometry = np.unique(cs.geometry, return_inverse=True)[1].astype(np.int32)
     return Padded(R, species, nb, mask, cs.charge.astype(np.int32), cs.multiplicity.astype(np.int32), state,
@@ -462,6 +502,8 @@ class MEConfig:
       diff_weight ``w_D`` (1/eV²): weight of the within-geometry state-difference term (the
         vertical IP and EA directly; module docstring); 0 leaves it out. With ``w_D > 0`` a
         batch holds whole geometries (all their states), ``batch_size`` states at most.
+      spin_state_shifts: self-energy offsets per charge *and* multiplicity (:func:`fit_self_energies`)
+        instead of per charge.
       train_eval_every: with a validation set, evaluate the whole training set only every this
         many epochs (and at the first and last; 0 never) to save time; model selection uses the
         validation loss (without one: the training loss, evaluated every epoch).
@@ -481,6 +523,7 @@ class MEConfig:
     charge_weight: float = 10.0
     force_weight: float = 0.1
     diff_weight: float = 0.0
+    spin_state_shifts: bool = False
     train_eval_every: int = 1
     valid_fraction: float = 0.1
     name: str = "aimnet-me"
@@ -672,7 +715,8 @@ class AIMNetMETrainer:
         if len(train) == 0:
             raise InputError("no training states")
         self.train_set, self.valid_set = train, (valid if valid is not None and len(valid) else None)
-        self.sae, self.state_shift = fit_self_energies(train, self.cfg.elements, self.cfg.charge_states)
+        self.sae, self.state_shift = fit_self_energies(train, self.cfg.elements, self.cfg.charge_states,
+                                                       self.cfg.max_multiplicity if config.spin_state_shifts else None)
         sets = [train] + ([self.valid_set] if self.valid_set is not None else [])
         n_slots = bucket(max(len(z) for s in sets for z in s.numbers))
         k_slots = bucket(max(max(max_neighbors(s, self.cfg.radial_cutoff) for s in sets), 1))
