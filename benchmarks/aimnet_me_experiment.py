@@ -198,6 +198,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def offsets_baseline(data: ChargeSet, fold_names, elements, charge_states=(-1, 0, 1), max_multiplicity=None,
+                     seed: int = 0) -> dict:
+    """:func:`metrics` of the self energies alone (no network: ``counts . sae + c_state`` fitted on
+    each fold's training molecules, :func:`phai.train.aimnet_me.fit_self_energies`) on the same
+    held-out molecules: what the network has to improve on."""
+    from phai.train.aimnet_me import fit_self_energies, reference_energy
+
+    tests, es = [], []
+    for names in fold_names:
+        train, test, _ = split(data, names, 0.0, seed)
+        sae, shift = fit_self_energies(train, elements, charge_states, max_multiplicity)
+        es.append(reference_energy(test.numbers, test.charge, elements, charge_states, sae, shift, test.multiplicity))
+        tests.append(test)
+    test = concat(tests)
+    test.q_alpha = test.q_beta = None
+    return metrics(test, {"energy": np.concatenate(es)})
+
+
 SIZES_EXTRA = {
     "tiny": {"nfeature": 8, "pair_hidden": [16], "embed_hidden": [64, 32], "update_hidden": [32],
              "interact_hidden": [32], "aim_size": 32, "head_hidden": [32, 16], "npass": 2},
@@ -315,6 +333,10 @@ def main(argv=None) -> int:
               "folds": per_fold, "test_states": len(test), "members": args.members, "epochs": args.epochs,
               "seconds": seconds, "config": trainers[0].config.to_json(), "test": metrics(test, pred),
               "averaged_runs": [str(a) for a in args.average], "test_this_run_only": single, "predictions": own}
+    result["baseline_offsets_only"] = {
+        "per charge": offsets_baseline(data, fold_names, elements, seed=args.fold_seed),
+        "per charge and multiplicity": offsets_baseline(data, fold_names, elements, max_multiplicity=4,
+                                                        seed=args.fold_seed)}
     if args.average:
         # charges were not kept from the earlier runs: the charge metrics are this run's
         result["test"]["charges"] = single["charges"]
