@@ -107,6 +107,25 @@ def cdft_rows(test: ChargeSet, e) -> list:
     return rows
 
 
+def r2_interval(test: ChargeSet, e, draws: int = 2000, seed: int = 0) -> dict:
+    """95 % bootstrap intervals of the CDFT R² values, resampling whole molecules (the geometries
+    of one molecule are not independent): ``{"ip": [lo, hi], ...}``."""
+    by_mol = {}
+    for k in range(len(test)):
+        by_mol.setdefault(str(test.molecule[k]), []).append(k)
+    per_mol = {m: cdft_rows(test.subset(ks), np.asarray(e)[ks]) for m, ks in by_mol.items()}
+    names = [m for m, rows in per_mol.items() if rows]
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in ("ip", "ea", "chi", "eta", "omega")}
+    for _ in range(draws):
+        rows = [r for m in rng.choice(names, len(names)) for r in per_mol[m]]
+        for i, k in enumerate(out):
+            t = np.array([r[1][i] for r in rows])
+            if t.std() > 0:
+                out[k].append(r2([r[0][i] for r in rows], t))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in out.items()}
+
+
 def metrics(test: ChargeSet, pred: dict) -> dict:
     """Energy errors per charge state, charge errors and CDFT R²/MAE of predictions ``pred``
     (:func:`predict`) on ``test``."""
@@ -337,6 +356,10 @@ def main(argv=None) -> int:
         "per charge": offsets_baseline(data, fold_names, elements, seed=args.fold_seed),
         "per charge and multiplicity": offsets_baseline(data, fold_names, elements, max_multiplicity=4,
                                                         seed=args.fold_seed)}
+    interval = r2_interval(test, pred["energy"])
+    for k, v in interval.items():
+        if k in result["test"]["cdft"]:
+            result["test"]["cdft"][k]["r2_95_bootstrap_molecules"] = v
     if args.average:
         # charges were not kept from the earlier runs: the charge metrics are this run's
         result["test"]["charges"] = single["charges"]
