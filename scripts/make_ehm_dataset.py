@@ -6,8 +6,10 @@ Recipe (also in ``src/phai/data/ehm/RECIPE.md``; regenerate with ``python script
   hydrogens, MMFF94 optimisation; for torsion scans the heavy-atom dihedral 0-1-2-3 is set
   (0 = s-cis, 180 = s-trans) and the rest of the molecule relaxed by MMFF94 with that dihedral
   constrained (``MMFFAddTorsionConstraint``, force constant 1e4 kcal/mol/rad^2). "Distorted"
-  frames add Gaussian noise (sigma 0.05 Å, ``numpy.random.default_rng(SEED)``) to every
-  coordinate of such a geometry.
+  frames add Gaussian noise (sigma 0.05 Å, ``numpy.random.default_rng([SEED, molecule+1,
+  dihedral+1, index+1])``) to every coordinate of such a geometry.
+* **Split** (:func:`split_of`): the odd multiples of 10 degrees of the butadiene and
+  2-aza-1,3-butadiene scans and every frame of 1-aza-1,3-butadiene are test, distorted or not.
 * **Reference**: PySCF restricted Kohn-Sham B3LYP/6-31G(d) (QM9's functional, a hybrid whose
   occupied orbital energies track ionisation energies better than a pure GGA; no diffuse
   functions, so the lowest virtual orbitals stay valence-like pi*/sigma*, the kind a minimal
