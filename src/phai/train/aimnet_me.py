@@ -42,8 +42,8 @@ between charge states is an ionisation potential or an electron affinity, 5-12 e
 so without ``c_Q`` the network would have to learn a ~10 eV constant as a sum of atomic
 terms (hard, and size-dependent errors). The network then fits the residual. Optionally
 (``spin_state_shifts``) one offset per charge *and* multiplicity: the cation of a radical (a
-singlet) and of a closed-shell molecule (a doublet) differ by ~2-3 eV in mean vertical IP,
-a difference that is again intensive. The self
+singlet) and of a closed-shell molecule (a doublet) differ by ~2 eV in mean vertical IP and
+EA in the charge data set (IP 9.1 vs 11.0 eV), a difference that is again intensive. The self
 energies are added in float64 on the host (as for ANI), so float32 networks lose no precision
 on totals of thousands of eV.
 
