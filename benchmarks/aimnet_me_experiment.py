@@ -235,19 +235,13 @@ def offsets_baseline(data: ChargeSet, fold_names, elements, charge_states=(-1, 0
     return metrics(test, {"energy": np.concatenate(es)})
 
 
-SIZES_EXTRA = {
-    "tiny": {"nfeature": 8, "pair_hidden": [16], "embed_hidden": [64, 32], "update_hidden": [32],
-             "interact_hidden": [32], "aim_size": 32, "head_hidden": [32, 16], "npass": 2},
-}
-
-
 def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> list:
     """Train ``args.members`` models (seeds ``seed .. seed + members - 1``: their own
     validation molecules and initial weights); returns the trainers."""
     from phai.commands.train_aimnet import SIZES
     from phai.train.aimnet_me import AIMNetMETrainer
 
-    size = {**SIZES, **SIZES_EXTRA}[args.size]
+    size = SIZES[args.size]
     trainers = []
     for m in range(args.members):
         cfg = MEConfig(model={"elements": elements, **size}, elements=tuple(elements), epochs=args.epochs,

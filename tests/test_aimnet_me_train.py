@@ -293,3 +293,23 @@ def test_state_difference_term_is_the_ip_ea_error(dataset):
             err.append((total[k] - total[n[0]]) - (dataset.energy[i] - dataset.energy[idx[n[0]]]))
     assert len(err) >= 2
     assert abs(extra - 2.5 * np.mean(np.square(err))) < 1e-4 * max(1.0, abs(extra))
+
+
+def test_train_aimnet_command_passes_the_ip_ea_options(dataset, tmp_path, capsys):
+    import phai
+    from phai.cli import main
+
+    data = tmp_path / "states.extxyz"
+    me.write_charge_extxyz(data, dataset)
+    out = tmp_path / "cli"
+    args = ["train-aimnet", "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "6",
+            "--size", "tiny", "--force-weight", "0", "--valid-fraction", "0"]
+    assert main(args + ["--diff-weight", "-1"]) == 2
+    assert "--diff-weight" in capsys.readouterr().err
+    assert main(args + ["--diff-weight", "30", "--spin-shifts"]) == 0
+    pot = phai.load(str(out))
+    # offsets per charge and multiplicity: [charge states, multiplicities]; per charge only: [charge states]
+    assert pot.state_shift.ndim == 2
+    z, r = MOLECULES["water"]
+    e_cation, e_neutral = (pot(np.asarray(z), np.asarray(r), charge=q).energy for q in (1, 0))
+    assert np.isfinite(e_cation) and e_cation != e_neutral

@@ -1,5 +1,6 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
-[--force-weight W] [--charge-weight W] [--valid-fraction F] [--size small|default]``
+[--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
+[--size tiny|small|default]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 
 SIZES = {
+    "tiny": {"nfeature": 8, "pair_hidden": [16], "embed_hidden": [64, 32], "update_hidden": [32],
+             "interact_hidden": [32], "aim_size": 32, "head_hidden": [32, 16], "npass": 2},
     "small": {"nfeature": 16, "pair_hidden": [32], "embed_hidden": [128, 64], "update_hidden": [64],
               "interact_hidden": [64], "aim_size": 64, "head_hidden": [64, 32], "npass": 2},
     "default": {},
@@ -33,6 +36,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force-weight", type=float, default=0.1, help="0 trains without forces (faster)")
     p.add_argument("--charge-weight", type=float, default=10.0)
+    p.add_argument("--diff-weight", type=float, default=0.0,
+                   help="weight (1/eV^2) of the within-geometry E(q) - E(0) term (IP/EA directly; needs all "
+                        "states of a geometry in the data); 0 = the papers' per-state losses only")
+    p.add_argument("--spin-shifts", action="store_true",
+                   help="self-energy offsets per charge and multiplicity (radical ions apart from closed-shell ones)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out molecules for model selection")
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="network widths (see SIZES)")
     p.set_defaults(func=run)
@@ -46,6 +54,8 @@ def run(args) -> int:
 
     if args.epochs < 1 or args.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
+    if args.diff_weight < 0:
+        raise InputError(f"--diff-weight must be >= 0, got {args.diff_weight}")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     data = read_charge_data(args.data)
@@ -53,6 +63,7 @@ def run(args) -> int:
     model = {"elements": elements, **SIZES[args.size]}
     cfg = MEConfig(model=model, elements=tuple(elements), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    seed=args.seed, force_weight=args.force_weight, charge_weight=args.charge_weight,
+                   diff_weight=args.diff_weight, spin_state_shifts=args.spin_shifts,
                    valid_fraction=args.valid_fraction)
 
     def show(row):
