@@ -81,6 +81,19 @@ def runs(tmp_path_factory):
     return memory, ref, stream, res, counted.reads
 
 
+
+def _energy_cli(frames, model, tmp_path, capsys):
+    """Write ``frames`` to XYZ, run ``phai energy --model MODEL --json`` on the file; returns the
+    frames as read back (the file rounds the coordinates) and the JSON rows."""
+    from phai.cli import main
+
+    xyz = tmp_path / "frames.xyz"
+    ase.io.write(xyz, frames)
+    frames = ase.io.read(xyz, ":")
+    capsys.readouterr()
+    assert main(["energy", str(xyz), "--model", str(model), "--json"]) == 0
+    return frames, [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+
 def test_streamed_training_is_bit_identical_and_reads_one_batch_at_a_time(runs):
     memory, ref, stream, res, reads = runs
     assert len(stream) == len(memory) == 214
@@ -198,12 +211,7 @@ def test_base_model_delta_folder_loads_as_base_plus_delta(small_h5, tmp_path, ca
     assert isinstance(pot, DeltaPotential)
     base, delta = phai.load("ani-1x"), pot.delta
     frames = _frames(small_h5, "ethanol")[:2]
-    xyz = tmp_path / "ethanol.xyz"
-    ase.io.write(xyz, frames)
-    frames = ase.io.read(xyz, ":")  # what the command reads (the file rounds the coordinates)
-    capsys.readouterr()
-    assert main(["energy", str(xyz), "--model", str(out), "--json"]) == 0
-    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    frames, rows = _energy_cli(frames, out, tmp_path, capsys)
     for row, rb, rd in zip(rows, base.evaluate(frames), delta.evaluate(frames)):
         assert row["energy"] == pytest.approx(rb.energy + rd.energy, abs=1e-9)
         np.testing.assert_allclose(row["forces"], rb.forces + rd.forces, atol=1e-9)
@@ -259,7 +267,6 @@ def delta_dir(small_h5, base_dir, tmp_path_factory):
 
 def test_delta_on_a_model_folder_loads_and_evaluates_as_base_plus_delta(small_h5, base_dir, delta_dir, tmp_path,
                                                                          capsys):
-    from phai.cli import main
     from phai.potential import load_ani
 
     record = json.loads((delta_dir / "config.json").read_text())["delta"]
@@ -271,12 +278,7 @@ def test_delta_on_a_model_folder_loads_and_evaluates_as_base_plus_delta(small_h5
     base, delta = phai.load(str(base_dir)), load_ani(str(delta_dir))
     assert not isinstance(base, DeltaPotential)
     frames = _frames(small_h5, "formamide")[:2] + _frames(small_h5, "propene")[:1]
-    xyz = tmp_path / "three.xyz"
-    ase.io.write(xyz, frames)
-    frames = ase.io.read(xyz, ":")  # what the command reads (the file rounds the coordinates)
-    capsys.readouterr()
-    assert main(["energy", str(xyz), "--model", str(delta_dir), "--json"]) == 0
-    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    frames, rows = _energy_cli(frames, delta_dir, tmp_path, capsys)
     assert len(rows) == 3
     for row, r, rb, rd in zip(rows, pot.evaluate(frames), base.evaluate(frames), delta.evaluate(frames)):
         for e in (row["energy"], r.energy):
