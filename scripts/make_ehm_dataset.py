@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from phai.atomic import atomic_output
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "phai" / "data" / "ehm"
@@ -218,17 +219,9 @@ def label(numbers, pos):
 
 
 def _atomic_write(path: Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Call ``write(binary file)`` into a temporary file, moved onto ``path`` only when it ends normally."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def assemble(records, path: Path):

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from ..atomic import atomic_output
 from ..pretrained import store
 
 
@@ -94,16 +94,9 @@ def read_checkpoint(folder: os.PathLike) -> tuple[dict, dict]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` whole or not at all (:func:`phai.atomic.atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_model_files(folder: os.PathLike, arrays: dict, config: dict) -> Path:
