@@ -16,6 +16,15 @@ part of the training molecules (never the test molecules), optionally averages a
   geometry that has all three states; :mod:`phai.physics.cdft`, the AIMNet-NSE conventions)
   against the same DFT: R², MAE.
 
+``--base aimnet2-wb97m-d3``: Δ-learning on a pretrained charge-aware model (its energies and
+forces of every label computed once, in float64, and cached): each member learns ``E - E_base``
+and the held-out predictions are base + mean Δ. The baselines then include the base alone and
+the base plus the fitted self energies (no network).
+
+Every fold's ensemble is saved as an ensemble folder (``--out DIR``: ``DIR/fold<k>``, else a
+temporary folder) and the held-out predictions are those of ``phai.load(folder)``, the object
+``phai cdft --model folder`` uses.
+
 Run::
 
     nice -n 10 env PYTHONPATH=src python benchmarks/aimnet_me_experiment.py [DATA] --epochs 300 --out /tmp/me_run
@@ -79,17 +88,20 @@ def file_test_split(path) -> list[str]:
     return out
 
 
-def predict(pots, test: ChargeSet) -> dict:
-    """Mean over the ensemble members ``pots`` of energies (eV, ``[C]``) and spin charges."""
-    out = {"energy": [], "q_alpha": [], "q_beta": [], "q": []}
+def predict(model, test: ChargeSet) -> dict:
+    """Energies (eV, ``[C]``), their member spread and spin charges of a charge-aware model (an
+    :class:`~phai.models.aimnet_me.AIMNetMEEnsemble`: the member means) on every state of ``test``."""
+    out = {"energy": [], "energy_std": [], "q_alpha": [], "q_beta": [], "q": []}
     for k in range(len(test)):
-        res = [p(test.numbers[k], test.positions[k], charge=int(test.charge[k]),
-                 multiplicity=int(test.multiplicity[k])) for p in pots]
-        out["energy"].append(np.mean([r.energy for r in res]))
-        out["q_alpha"].append(np.mean([r.charges_alpha for r in res], axis=0))
-        out["q_beta"].append(np.mean([r.charges_beta for r in res], axis=0))
-        out["q"].append(np.mean([r.charges for r in res], axis=0))
+        r = model(test.numbers[k], test.positions[k], charge=int(test.charge[k]),
+                  multiplicity=int(test.multiplicity[k]))
+        out["energy"].append(r.energy)
+        out["energy_std"].append(r.energy_std)
+        out["q_alpha"].append(r.charges_alpha)
+        out["q_beta"].append(r.charges_beta)
+        out["q"].append(r.charges)
     out["energy"] = np.asarray(out["energy"])
+    out["energy_std"] = np.asarray(out["energy_std"])
     return out
 
 
@@ -160,8 +172,8 @@ def metrics(test: ChargeSet, pred: dict) -> dict:
 
 
 def evaluate(pot, test: ChargeSet) -> dict:
-    """:func:`metrics` of one potential (or a list: an ensemble) on ``test``."""
-    return metrics(test, predict(pot if isinstance(pot, list | tuple) else [pot], test))
+    """:func:`metrics` of one charge-aware potential (or ensemble) on ``test``."""
+    return metrics(test, predict(pot, test))
 
 
 def folds_by_molecule(data: ChargeSet, folds: int, seed: int) -> list[list[str]]:
@@ -208,6 +220,17 @@ def markdown(result: dict) -> str:
         if k in cd:
             v = cd[k]
             lines.append(f"| {k} | {v['r2']:.3f} | {v['mae_ev']:.3f} | {v['ref_mean_ev']:.2f} | {v['ref_std_ev']:.2f} |")
+    floors = [(f"self energies alone ({k})", v) for k, v in result.get("baseline_offsets_only", {}).items()]
+    if "baseline_base_alone" in result:
+        floors = [(f"{result['base']} alone (no fit)", result["baseline_base_alone"])] + \
+                 [(f"{result['base']} + {name}", v) for name, v in floors]
+    if floors:
+        lines += ["", "| floor (no network) | R² IP | R² EA | R² χ | R² η | R² ω | E MAE −1/0/+1 / eV |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, v in floors:
+            r = " | ".join(f"{v['cdft'][k]['r2']:.2f}" if k in v["cdft"] else "-" for k in ("ip", "ea", "chi", "eta", "omega"))
+            e = "/".join(f"{v['states'][q]['mae_ev']:.2f}" for q in ("-1", "+0", "+1") if q in v["states"])
+            lines.append(f"| {name} | {r} | {e} |")
     if len(result.get("folds", [])) > 1:
         lines += ["", "| fold | held-out molecules | geometries | R² IP | R² EA | R² χ | R² η | R² ω | E MAE / eV |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -218,27 +241,37 @@ def markdown(result: dict) -> str:
 
 
 def offsets_baseline(data: ChargeSet, fold_names, elements, charge_states=(-1, 0, 1), max_multiplicity=None,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, base_energy=None) -> dict:
     """:func:`metrics` of the self energies alone (no network: ``counts . sae + c_state`` fitted on
     each fold's training molecules, :func:`phai.train.aimnet_me.fit_self_energies`) on the same
-    held-out molecules: what the network has to improve on."""
+    held-out molecules: what the network has to improve on. ``base_energy [C]`` (eV, aligned
+    with ``data``): the self energies are fitted to ``E - E_base`` and the predictions are
+    ``E_base`` + self energies (the Δ run's floor)."""
     from phai.train.aimnet_me import fit_self_energies, reference_energy
 
+    data = data.subset(np.arange(len(data)))
+    data.q_alpha = data.q_beta = None
+    base = np.zeros(len(data)) if base_energy is None else np.asarray(base_energy, np.float64)
+    resid = data.subset(np.arange(len(data)))
+    resid.energy = data.energy - base
     tests, es = [], []
     for names in fold_names:
-        train, test, _ = split(data, names, 0.0, seed)
+        is_test = np.asarray([m in set(names) for m in data.molecule])
+        train = resid.subset(np.flatnonzero(~is_test))
+        test = data.subset(np.flatnonzero(is_test))
         sae, shift = fit_self_energies(train, elements, charge_states, max_multiplicity)
-        es.append(reference_energy(test.numbers, test.charge, elements, charge_states, sae, shift, test.multiplicity))
+        es.append(base[is_test] + reference_energy(test.numbers, test.charge, elements, charge_states, sae, shift,
+                                                   test.multiplicity))
         tests.append(test)
-    test = concat(tests)
-    test.q_alpha = test.q_beta = None
-    return metrics(test, {"energy": np.concatenate(es)})
+    return metrics(concat(tests), {"energy": np.concatenate(es)})
 
 
-def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> list:
+def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
     """Train ``args.members`` models (seeds ``seed .. seed + members - 1``: their own
-    validation molecules and initial weights); returns the trainers."""
+    validation molecules and initial weights) into ``out/member<k>`` and write ``out`` as an
+    ensemble folder (:func:`phai.models.aimnet_me.save_ensemble`); returns the trainers."""
     from phai.commands.train_aimnet import SIZES
+    from phai.models.aimnet_me import save_ensemble
     from phai.train.aimnet_me import AIMNetMETrainer
 
     size = SIZES[args.size]
@@ -248,7 +281,7 @@ def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> li
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed + m, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
-                       spin_state_shifts=args.spin_shifts,
+                       spin_state_shifts=args.spin_shifts, base=args.base,
                        train_eval_every=args.train_eval_every)
 
         def show(row, m=m):
@@ -257,11 +290,12 @@ def train_members(args, train: ChargeSet, elements, out: Path | None, log) -> li
                                                 if k in ("epoch", "train_energy_rmse", "val_energy_rmse",
                                                          "val_diff_rmse_ev", "val_charge_rmse", "seconds")}}))
 
-        t = AIMNetMETrainer(cfg, train, None, None if out is None else out / f"member{m}")
+        t = AIMNetMETrainer(cfg, train, None, out / f"member{m}")
         t.fit(show)
         log(json.dumps({"member": m, "best_epoch": max((h["epoch"] for h in t.history if h.get("best")), default=0),
                         "best_val_loss": t.best_loss}))
         trainers.append(t)
+    save_ensemble(out, [out / f"member{m}" for m in range(args.members)])
     return trainers
 
 
@@ -290,6 +324,8 @@ def main(argv=None) -> int:
                     help="results JSON files of earlier runs with the same folds: average their held-out "
                          "energies with this run's (a larger ensemble, trained one run at a time)")
     ap.add_argument("--size", default="small", help="small, default or tiny")
+    ap.add_argument("--base", default=None,
+                    help="Δ-learning on this charge-aware model (e.g. aimnet2-wb97m-d3): members fit E - E_base")
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results/aimnet_me.json"))
     args = ap.parse_args(argv)
 
@@ -310,13 +346,31 @@ def main(argv=None) -> int:
         if not names and data.split is not None:
             names = sorted(set(data.molecule[data.split == "test"].tolist()))
         fold_names = [split(data, names, args.test_fraction, args.fold_seed)[2]]
+    import tempfile
+
+    import phai
+
+    base_energy = None
+    if args.base:
+        from phai.train.aimnet_me import (
+            BASE_PRECISION,
+            base_cache_path,
+            base_state_predictions,
+            load_base,
+        )
+
+        base_energy = base_state_predictions(data, load_base(args.base, BASE_PRECISION),
+                                             base_cache_path(args.base, BASE_PRECISION), progress=log)[0]
+        log(f"base {args.base}: predictions of {len(data)} states ready")
+    scratch = tempfile.TemporaryDirectory(prefix="aimnet_me_")
+    root = Path(args.out) if args.out else Path(scratch.name)
     tests, preds, per_fold, trainers = [], [], [], []
     for f, names in enumerate(fold_names):
         train, test, _ = split(data, names, 0.0, args.fold_seed)
         log(f"fold {f}: train {len(train)} states, test {len(test)} states ({', '.join(names)})")
-        out = Path(args.out) if args.out and not args.folds else None
+        out = root / f"fold{f}" if args.folds else root
         trainers = train_members(args, train, elements, out, log)
-        pred = predict([t.potential() for t in trainers], test)
+        pred = predict(phai.load(str(out)), test)      # the saved ensemble folder, as phai cdft --model reads it
         m = metrics(test, pred)
         per_fold.append({"test_molecules": names, "cdft_n": m["cdft"]["n"],
                          **{k: m["cdft"][k]["r2"] for k in ("ip", "ea", "chi", "eta", "omega") if k in m["cdft"]},
@@ -337,8 +391,6 @@ def main(argv=None) -> int:
         runs.append(o)
     single = metrics(test, pred)
     pred["energy"] = np.mean([r["energy"] for r in runs], axis=0)
-    if args.out and not args.folds:
-        trainers[0].save_model(args.out)
     result = {"data": str(path), "states": len(data), "molecules": len(np.unique(data.molecule)),
               "geometries": len(np.unique(data.geometry)),
               "protocol": (f"{args.folds}-fold cross-validation over molecules (every molecule held out once; "
@@ -346,10 +398,18 @@ def main(argv=None) -> int:
               "folds": per_fold, "test_states": len(test), "members": args.members, "epochs": args.epochs,
               "seconds": seconds, "config": trainers[0].config.to_json(), "test": metrics(test, pred),
               "averaged_runs": [str(a) for a in args.average], "test_this_run_only": single, "predictions": own}
+    result["base"] = args.base
+    result["mean_member_energy_std_ev"] = float(np.mean(pred["energy_std"]))
     result["baseline_offsets_only"] = {
-        "per charge": offsets_baseline(data, fold_names, elements, seed=args.fold_seed),
+        "per charge": offsets_baseline(data, fold_names, elements, seed=args.fold_seed, base_energy=base_energy),
         "per charge and multiplicity": offsets_baseline(data, fold_names, elements, max_multiplicity=4,
-                                                        seed=args.fold_seed)}
+                                                        seed=args.fold_seed, base_energy=base_energy)}
+    if base_energy is not None:
+        at = {(g, int(q)): k for k, (g, q) in enumerate(zip(data.geometry, data.charge))}
+        alone = np.asarray([base_energy[at[(g, int(q))]] for g, q in zip(test.geometry, test.charge)])
+        nocharge = test.subset(np.arange(len(test)))
+        nocharge.q_alpha = nocharge.q_beta = None
+        result["baseline_base_alone"] = metrics(nocharge, {"energy": alone})
     interval = r2_interval(test, pred["energy"])
     for k, v in interval.items():
         if k in result["test"]["cdft"]:
@@ -358,7 +418,7 @@ def main(argv=None) -> int:
         # charges were not kept from the earlier runs: the charge metrics are this run's
         result["test"]["charges"] = single["charges"]
     if not args.folds:
-        result["train"] = evaluate([t.potential() for t in trainers], trainers[0].train_set)["states"]
+        result["train"] = evaluate(phai.load(str(root)), split(data, fold_names[0], 0.0, args.fold_seed)[0])["states"]
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=1))
     print(markdown(result))

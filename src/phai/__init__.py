@@ -23,8 +23,9 @@ def load(name: str, precision: str = "float32"):
     (``"aimnet2-wb97m-d3"``, ``"aimnet2-b973c"``) a :class:`phai.models.aimnet2.AIMNet2`,
     whose calls take a total ``charge`` and also return atomic charges. A folder written by
     ``phai train-aimnet`` gives a :class:`phai.models.aimnet_me.AIMNetMEPotential` (charge
-    and multiplicity aware, spin-resolved charges). A folder written by ``phai train --base
-    MODEL`` gives the combined :class:`phai.train.DeltaPotential` (base + Δ); one written with
+    and multiplicity aware, spin-resolved charges; with ``--base``, base + Δ), one written
+    with ``--members K`` an :class:`phai.models.aimnet_me.AIMNetMEEnsemble` (the members'
+    mean). A folder written by ``phai train --base MODEL`` gives the combined :class:`phai.train.DeltaPotential` (base + Δ); one written with
     ``--delta-from KEY`` the Δ ensemble, whose ``predicts`` attribute says that its energies
     are differences between two levels of theory.
     """
@@ -33,7 +34,7 @@ def load(name: str, precision: str = "float32"):
     if Path(name).is_dir() and (Path(name) / "config.json").is_file():
         import json
 
-        if json.loads((Path(name) / "config.json").read_text()).get("kind") == "aimnet-me":
+        if json.loads((Path(name) / "config.json").read_text()).get("kind") in ("aimnet-me", "aimnet-me-ensemble"):
             from .models.aimnet_me import load_aimnet_me
 
             return load_aimnet_me(name, precision)

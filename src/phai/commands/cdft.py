@@ -5,7 +5,9 @@ Vertical conceptual-DFT indices of every frame: the model's energies at charges 
 (:mod:`phai.physics.cdft`). ``Q`` is ``--charge``, else the frame's ``info["charge"]``, else 0.
 With ``--json``: one JSON object per frame with ``ip``, ``ea``, ``chi``, ``eta``, ``omega``
 (eV), ``charges_of_states``, ``multiplicities``, ``energies`` (eV, same order) and
-``atomic_charges`` (e, three lists), plus ``file`` and ``frame``.
+``atomic_charges`` (e, three lists), plus ``file`` and ``frame``; for an ensemble (AIMNet2, a
+``phai train-aimnet --members K`` folder) also ``std``: the spread of each index over the
+members (eV), shown as ``±`` columns in the table.
 """
 
 from __future__ import annotations
@@ -49,11 +51,16 @@ def run(args) -> int:
                               "omega": res.omega, "charges_of_states": list(res.charges_of_states),
                               "multiplicities": list(res.multiplicities), "energies": res.energies.tolist(),
                               "atomic_charges": None if res.atomic_charges is None
-                              else np.asarray(res.atomic_charges, dtype=np.float64).tolist()}))
+                              else np.asarray(res.atomic_charges, dtype=np.float64).tolist(),
+                              "std": None if res.std is None else res.std._asdict()}))
         else:
             rows.append((f, k, len(atoms), atoms.get_chemical_formula(), res.charges_of_states[1],
-                         res.ip, res.ea, res.chi, res.eta, res.omega))
+                         res.ip, res.ea, res.chi, res.eta, res.omega)
+                        + (() if res.std is None else (res.std.ip, res.std.ea, res.std.chi, res.std.eta)))
     if not args.json:
+        spread = bool(rows) and len(rows[0]) > 10 and all(len(r) == len(rows[0]) for r in rows)
+        rows = rows if spread else [r[:10] for r in rows]
         _print_table(["file", "frame", "atoms", "formula", "Q", "IP / eV", "EA / eV", "chi / eV", "eta / eV",
-                      "omega / eV"], rows, ["{}", "{}", "{}", "{}", "{:+d}"] + ["{:.4f}"] * 5)
+                      "omega / eV"] + (["±IP", "±EA", "±chi", "±eta"] if spread else []), rows,
+                     ["{}", "{}", "{}", "{}", "{:+d}"] + ["{:.4f}"] * (9 if spread else 5))
     return 0

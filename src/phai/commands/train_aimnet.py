@@ -1,12 +1,19 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
 [--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
-[--size tiny|small|default]``
+[--size tiny|small|default] [--base MODEL] [--members K]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
 potential, ``phai cdft FILE --model DIR`` gives its conceptual-DFT indices. ``DIR/checkpoint``
 holds the training state (rerunning the command resumes), ``DIR/metrics.jsonl`` and
 ``metrics.csv`` one row per epoch.
+
+``--base aimnet2-wb97m-d3``: Δ-learning on a pretrained charge-aware model: the network learns
+``E - E_base`` and ``F - F_base`` (the base's predictions of every label computed once in
+float64 and cached under the phai cache), and ``phai.load(DIR)`` returns base + Δ.
+``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
+an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
+``energy_std``; ``phai cdft`` prints the spread of each index).
 
 ``FILE``: the charge data set (HDF5 in the layout of ``tests/data/charge_labels``) or an
 extended XYZ file with ``info`` ``charge``, ``multiplicity``, ``energy`` (eV), ``molecule`` and
@@ -43,17 +50,25 @@ def register(sub) -> None:
                    help="self-energy offsets per charge and multiplicity (radical ions apart from closed-shell ones)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out molecules for model selection")
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="network widths (see SIZES)")
+    p.add_argument("--base", default=None, metavar="MODEL",
+                   help="learn a correction on top of this charge-aware model (e.g. aimnet2-wb97m-d3); "
+                        "phai.load(DIR) is then base + Δ")
+    p.add_argument("--members", type=int, default=1,
+                   help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import numpy as np
 
     from phai.errors import InputError
+    from phai.models.aimnet_me import save_ensemble
     from phai.train.aimnet_me import MEConfig, read_charge_data, train_aimnet_me
 
-    if args.epochs < 1 or args.batch_size < 1:
-        raise InputError("--epochs and --batch-size must be at least 1")
+    if args.epochs < 1 or args.batch_size < 1 or args.members < 1:
+        raise InputError("--epochs, --batch-size and --members must be at least 1")
     if args.diff_weight < 0:
         raise InputError(f"--diff-weight must be >= 0, got {args.diff_weight}")
     if not 0 <= args.valid_fraction < 1:
@@ -61,15 +76,22 @@ def run(args) -> int:
     data = read_charge_data(args.data)
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
     model = {"elements": elements, **SIZES[args.size]}
-    cfg = MEConfig(model=model, elements=tuple(elements), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   seed=args.seed, force_weight=args.force_weight, charge_weight=args.charge_weight,
-                   diff_weight=args.diff_weight, spin_state_shifts=args.spin_shifts,
-                   valid_fraction=args.valid_fraction)
+    outs = [Path(args.out)] if args.members == 1 else [Path(args.out) / f"member{k}" for k in range(args.members)]
+    for k, out in enumerate(outs):
+        cfg = MEConfig(model=model, elements=tuple(elements), epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed + k, force_weight=args.force_weight,
+                       charge_weight=args.charge_weight, diff_weight=args.diff_weight,
+                       spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base)
 
-    def show(row):
-        keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")
-        print(json.dumps({k: row[k] for k in keys if k in row}), flush=True)
+        def show(row, k=k):
+            keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")
+            print(json.dumps({**({"member": k} if args.members > 1 else {}), **{x: row[x] for x in keys if x in row}}),
+                  flush=True)
 
-    t = train_aimnet_me(cfg, data, None, args.out, callback=show)
-    print(f"wrote {args.out} ({len(t.train_set)} training states, epoch {t.epoch}); phai.load('{args.out}')")
+        t = train_aimnet_me(cfg, data, None, out, callback=show)
+        print(f"wrote {out} ({len(t.train_set)} training states, epoch {t.epoch})", flush=True)
+    if args.members > 1:
+        save_ensemble(args.out, outs)
+    print(f"phai.load('{args.out}'): {'an ensemble of ' + str(args.members) if args.members > 1 else 'one'} "
+          f"AIMNet-ME model{'s' if args.members > 1 else ''}{' on ' + args.base if args.base else ''}")
     return 0

@@ -1,11 +1,23 @@
-"""A trained AIMNet-ME model folder as a charge-aware potential (``phai.load(DIR)``).
+"""Trained AIMNet-ME model folders as charge-aware potentials (``phai.load(DIR)``).
 
-The folder (written by :mod:`phai.train.aimnet_me`) holds ``config.json`` (``kind``
+**One model** (written by :mod:`phai.train.aimnet_me`): ``config.json`` (``kind``
 ``"aimnet-me"``, the :class:`~phai.models.aimnet.AIMNetConfig` under ``aimnet``) and
 ``arrays.npz``: the flax weights as ``params/<module>/<layer>/<kernel|bias>``, the self
 energies ``sae [S]`` (eV per atom of each element) and ``state_shift [C]`` (eV per charge
 state) or ``[C, M_max]`` (per charge and multiplicity). Energy = network (float32 or float64) +
 ``counts . sae + state_shift[Q]`` (or ``state_shift[Q, M - 1]``), in float64.
+
+**Δ on a base model** (``phai train-aimnet --base aimnet2-wb97m-d3``): the same folder with a
+``"delta"`` record in ``config.json`` (:func:`phai.train.delta.delta_record`) naming a
+charge-aware base. Energy and forces are the base's (at the same total charge; the base gets
+the multiplicity too, which the 2023 AIMNet2 models only check) plus the network's; atomic
+charges are the network's own (it was trained on the labels' charges, not on corrections).
+
+**Ensemble** (``phai train-aimnet --members K``, :func:`save_ensemble`): ``config.json`` with
+``kind`` ``"aimnet-me-ensemble"``, ``members`` (sub-folder names, each a one-model folder
+above) and, if the members are Δ models, their common ``"delta"`` record. ``phai.load(DIR)``
+gives one :class:`AIMNetMEEnsemble`: energy = (base +) the mean of the members, forces and
+charges the member means, ``energy_std`` their spread.
 """
 
 from __future__ import annotations
@@ -73,7 +85,7 @@ class AIMNetMEPotential:
 
     charge_aware = True
 
-    def __init__(self, arrays: dict, config: dict, precision: str = "float32"):
+    def __init__(self, arrays: dict, config: dict, precision: str = "float32", base=None, folder=None):
         from ..train.aimnet_me import config_from_json, unflatten_flax
 
         if config.get("kind") != "aimnet-me":
@@ -90,22 +102,44 @@ class AIMNetMEPotential:
         self._params = unflatten_flax(arrays)
         self.model = AIMNet(self.cfg)
         self._fn = _state_fn(json.dumps(config["aimnet"], sort_keys=True))
+        self.record = config.get("delta")
+        """The Δ record (``{"base": {"kind": "model", "model": ...}, ...}``) or None (from scratch)."""
+        if self.record is not None and base is None:
+            base = resolve_base(self.record, folder, precision)
+        self.base = base if self.record is not None else None
+        """The base model whose energies and forces add (None: from scratch, or ``base=False``)."""
+        if self.base is False:
+            self.base = None
 
     @classmethod
-    def from_folder(cls, folder, precision: str = "float32") -> AIMNetMEPotential:
+    def from_folder(cls, folder, precision: str = "float32", base=None) -> AIMNetMEPotential:
+        """Load a one-model folder. ``base``: the base model object to share (a Δ folder; None
+        loads the recorded one, False leaves it out: :meth:`__call__` is then the Δ part alone)."""
         from ..pretrained import store
 
         arrays, config = store.load(Path(folder))
-        return cls(arrays, config, precision)
+        return cls(arrays, config, precision, base=base, folder=folder)
+
+    @property
+    def members(self) -> int:
+        return 1
 
     @property
     def atomic_numbers(self) -> tuple[int, ...]:
         return tuple(self.cfg.elements)
 
     def __call__(self, numbers, positions=None, charge=None, multiplicity=None) -> AIMNetMEResult:
-        """Energy, forces and charges of one molecule in one charge/spin state (see the class)."""
+        """Energy, forces and charges of one molecule in one charge/spin state (see the class):
+        the network (with its self energies) plus, for a Δ model, the base model."""
+        z, r, q, m = self.state(numbers, positions, charge, multiplicity)
+        res = self.network(z, r, q, m)
+        return res if self.base is None else add_base(self.base(z, r, charge=q, multiplicity=m), res)
+
+    def state(self, numbers, positions=None, charge=None, multiplicity=None):
+        """Checked ``(numbers [A] int, positions [A, 3] Å float64, charge int, multiplicity int)`` of
+        one call (``ase.Atoms``: ``info["charge"]``, ``info["multiplicity"]``); the multiplicity
+        defaults to the lowest that fits."""
         from ..physics.cdft import lowest_multiplicity
-        from ..train.aimnet_me import pad_structure, reference_energy
 
         if positions is None:
             if not hasattr(numbers, "get_positions"):
@@ -123,6 +157,12 @@ class AIMNetMEPotential:
         check_state(self.cfg, z, q, multiplicity)
         q = int(q)
         m = lowest_multiplicity(z, q) if multiplicity is None else int(multiplicity)
+        return z, r, q, m
+
+    def network(self, z, r, q: int, m: int) -> AIMNetMEResult:
+        """The network and its self energies alone (no base) on a checked state (:meth:`state`)."""
+        from ..train.aimnet_me import pad_structure, reference_energy
+
         R, species, nb, mask = pad_structure(z, r, self.cfg, bucket(len(z)))
         with jax.enable_x64(self.precision == "float64"):
             p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), self._params)
@@ -145,6 +185,135 @@ class AIMNetMEPotential:
         return out
 
 
-def load_aimnet_me(folder, precision: str = "float32") -> AIMNetMEPotential:
-    """:meth:`AIMNetMEPotential.from_folder`."""
-    return AIMNetMEPotential.from_folder(folder, precision)
+def resolve_base(record: dict, folder=None, precision: str = "float32"):
+    """The base model named by a Δ record (a registry name, or a model folder: as given,
+    relative to ``folder``, or the recorded absolute path), at ``precision``; charge-aware."""
+    from ..train.aimnet_me import load_base
+
+    b = record["base"]
+    if b.get("kind") != "model":
+        raise InputError(f"{folder}: an AIMNet-ME Δ folder needs a base model, not {b}")
+    name = b["model"]
+    for cand in ([Path(folder) / name] if folder is not None and not Path(name).is_absolute() else []) + \
+            [Path(name), Path(b.get("path") or name)]:
+        if cand.is_dir():
+            return load_base(str(cand), precision)
+    try:
+        return load_base(name, precision)
+    except (KeyError, OSError, ValueError) as exc:
+        raise InputError(f"{folder}: the base model {name!r} of this Δ model cannot be loaded ({exc})") from None
+
+
+def add_base(b, d: AIMNetMEResult) -> AIMNetMEResult:
+    """Base result ``b`` (energy, forces) plus Δ result ``d``: energies and forces add; the
+    charges are ``d``'s; ``member_energies`` are ``d``'s plus the base energy; ``energy_std``
+    is the two spreads added in quadrature (as :class:`phai.train.DeltaPotential`)."""
+    return d._replace(energy=float(b.energy) + d.energy, forces=np.asarray(b.forces, np.float64) + d.forces,
+                      energy_std=float(np.hypot(getattr(b, "energy_std", 0.0), d.energy_std)),
+                      member_energies=np.asarray(d.member_energies) + float(b.energy))
+
+
+class AIMNetMEEnsemble:
+    """Several AIMNet-ME models (seeds) as one charge-aware potential, optionally on one base.
+
+    ``energy`` = base (if any) + the mean of the members' energies; ``forces``, ``charges``,
+    ``charges_alpha``, ``charges_beta`` the member means (so the NSE sums still hold);
+    ``member_energies [K]`` each member's energy (base included); ``energy_std`` the members'
+    standard deviation (ddof 1; 0 for one member), added in quadrature to the base's own
+    spread for a Δ ensemble. :func:`phai.physics.cdft.cdft` takes the IP, EA, ... of each member
+    too (``CDFTResult.std``). The base is evaluated once per call, not once per member.
+
+    Args:
+      members: :class:`AIMNetMEPotential` objects (their own ``base`` is ignored).
+      base: the base model (None: from scratch).
+      record: the Δ record (stored by :func:`save_ensemble`).
+    """
+
+    charge_aware = True
+
+    def __init__(self, members: list, base=None, record: dict | None = None, name: str = "aimnet-me-ensemble"):
+        if not members:
+            raise InputError("an ensemble needs at least one member")
+        if (base is None) != (record is None):
+            raise InputError("give a Δ ensemble both its base model and its record")
+        precisions = {m.precision for m in members}
+        if len(precisions) != 1:
+            raise InputError(f"ensemble members at several precisions: {sorted(precisions)}")
+        self.members_list = list(members)
+        self.base, self.record, self.name = base, record, name
+        self.precision = members[0].precision
+
+    @property
+    def members(self) -> int:
+        return len(self.members_list)
+
+    @property
+    def atomic_numbers(self) -> tuple[int, ...]:
+        return tuple(sorted(set.intersection(*(set(m.atomic_numbers) for m in self.members_list))))
+
+    def __call__(self, numbers, positions=None, charge=None, multiplicity=None) -> AIMNetMEResult:
+        """One molecule in one charge/spin state (as :meth:`AIMNetMEPotential.__call__`)."""
+        z, r, q, m = self.members_list[0].state(numbers, positions, charge, multiplicity)
+        for p in self.members_list[1:]:
+            check_state(p.cfg, z, q, m)
+        rs = [p.network(z, r, q, m) for p in self.members_list]
+        e = np.asarray([x.energy for x in rs], np.float64)
+
+        def mean(name):
+            return np.mean([getattr(x, name) for x in rs], axis=0)
+
+        res = AIMNetMEResult(float(e.mean()), mean("forces"), float(e.std(ddof=1)) if len(e) > 1 else 0.0, e,
+                             len(z), mean("charges"), mean("charges_alpha"), mean("charges_beta"))
+        return res if self.base is None else add_base(self.base(z, r, charge=q, multiplicity=m), res)
+
+    evaluate = AIMNetMEPotential.evaluate
+
+
+def save_ensemble(folder, members, name: str = "aimnet-me-ensemble") -> Path:
+    """Write ``folder/config.json`` of an ensemble whose members are the one-model folders
+    ``members`` (paths inside ``folder``; written before, e.g. by ``phai train-aimnet``). Their
+    Δ records must agree (all from scratch, or all on one base). Returns ``folder``."""
+    from ..train.checkpoint import write_text_atomic
+
+    folder = Path(folder)
+    names, records = [], []
+    for mdir in members:
+        rel = Path(mdir).resolve().relative_to(folder.resolve())
+        cfg = json.loads((folder / rel / "config.json").read_text())
+        if cfg.get("kind") != "aimnet-me":
+            raise InputError(f"{folder / rel}: not an AIMNet-ME model folder (kind {cfg.get('kind')!r})")
+        names.append(str(rel))
+        records.append(cfg.get("delta"))
+    if any(r != records[0] for r in records):
+        raise InputError(f"{folder}: the members have different bases: {records}")
+    config = {"kind": "aimnet-me-ensemble", "name": name, "members": names,
+              "description": f"AIMNet-ME ensemble of {len(names)} members"
+                             + (f" on {records[0]['base']['model']} (base + mean Δ)" if records[0] else "")}
+    if records[0]:
+        config["delta"] = records[0]
+    write_text_atomic(folder / "config.json", json.dumps(config, indent=1, sort_keys=True))
+    return folder
+
+
+def load_aimnet_me(folder, precision: str = "float32"):
+    """What ``phai.load(folder)`` returns for an AIMNet-ME folder: an :class:`AIMNetMEPotential`
+    (one model, possibly Δ on a base) or an :class:`AIMNetMEEnsemble` (``kind``
+    ``"aimnet-me-ensemble"``; the base loaded once)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("kind") != "aimnet-me-ensemble":
+        return AIMNetMEPotential.from_folder(folder, precision)
+    if not config.get("members"):
+        raise InputError(f"{folder}: an AIMNet-ME ensemble folder without members")
+    record = config.get("delta")
+    base = resolve_base(record, folder, precision) if record else None
+    members = []
+    for name in config["members"]:
+        mdir = folder / name
+        if not (mdir / "config.json").is_file():
+            raise InputError(f"{folder}: member folder {name!r} is missing")
+        p = AIMNetMEPotential.from_folder(mdir, precision, base=False)
+        if p.record != record:
+            raise InputError(f"{mdir}: its base {p.record} is not the ensemble's {record}")
+        members.append(p)
+    return AIMNetMEEnsemble(members, base, record, config.get("name", "aimnet-me-ensemble"))

@@ -104,6 +104,9 @@ class CDFTResult(NamedTuple):
       multiplicities: ``2S + 1`` used for each state (same order).
       energies: ``[3]`` eV, same order.
       atomic_charges: ``[3, A]`` e, same order, or None for a model without atomic charges.
+      std: the spread of each index over an ensemble's members (:class:`CDFTIndices`, eV; standard
+        deviation, ddof 1, of the indices of each member's three energies), or None for a single
+        model.
     """
 
     ip: float
@@ -115,6 +118,7 @@ class CDFTResult(NamedTuple):
     multiplicities: tuple[int, int, int]
     energies: np.ndarray
     atomic_charges: np.ndarray | None
+    std: CDFTIndices | None = None
 
     @property
     def fukui(self) -> dict[str, np.ndarray] | None:
@@ -183,4 +187,18 @@ def cdft(model, numbers, positions=None, charge=None, multiplicities=None, **mod
     atomic = None if any(a is None for a in atomic) else np.stack([np.asarray(a) for a in atomic])
     idx = cdft_indices(*energies)
     return CDFTResult(*(float(x) for x in idx), charges_of_states=states, multiplicities=tuple(int(m) for m in mults),
-                      energies=energies, atomic_charges=atomic)
+                      energies=energies, atomic_charges=atomic, std=member_spread(results))
+
+
+def member_spread(results) -> CDFTIndices | None:
+    """Standard deviation (ddof 1) over ensemble members of each index, from the three states'
+    ``member_energies`` (``[M]`` eV each; member ``k`` of every state is one model); None when
+    the results carry no such field or fewer than two members."""
+    me = [getattr(r, "member_energies", None) for r in results]
+    if any(m is None for m in me):
+        return None
+    me = [np.asarray(m, np.float64).reshape(-1) for m in me]
+    if len({len(m) for m in me}) != 1 or len(me[0]) < 2:
+        return None
+    per_member = cdft_indices(*me)
+    return CDFTIndices(*(float(np.std(v, ddof=1)) for v in per_member))

@@ -79,6 +79,8 @@ from . import checkpoint as ckpt
 
 EV_TO_KCALMOL = HARTREE_TO_KCALMOL / HARTREE_TO_EV
 KIND = "aimnet-me"
+BASE_PRECISION = "float64"
+"""Precision of the base model's predictions that Δ runs subtract (cached once per state)."""
 
 
 # ----------------------------------------------------------------------------------- data
@@ -327,6 +329,86 @@ def read_charge_data(path) -> ChargeSet:
     return read_charge_extxyz(path)
 
 
+# ------------------------------------------------------------------ Δ on a base model
+def load_base(name: str, precision: str = "float64"):
+    """The base model of a Δ run: ``phai.load(name, precision)``, refused unless charge-aware."""
+    import phai
+
+    base = phai.load(str(name), precision=precision)
+    if not getattr(base, "charge_aware", False):
+        raise InputError(f"base model {name!r} is charge-blind: AIMNet-ME needs a base that takes a total charge "
+                         f"(e.g. aimnet2-wb97m-d3)")
+    return base
+
+
+def _state_key(tag: str, numbers, positions, charge: int, multiplicity: int) -> str:
+    import hashlib
+
+    h = hashlib.sha1(tag.encode() + np.asarray(numbers, np.int64).tobytes()
+                     + np.round(np.asarray(positions, np.float64), 8).tobytes()
+                     + np.asarray([charge, multiplicity], np.int64).tobytes())
+    return h.hexdigest()
+
+
+def base_cache_path(name: str, precision: str) -> Path:
+    """Default cache of a base model's predictions on labelled states:
+    ``<phai cache>/aimnet_me_base/<name>-<precision>.npz`` (a folder base: its absolute path, hashed)."""
+    import hashlib
+
+    from ..pretrained.store import cache_dir
+
+    tag = str(name)
+    if Path(tag).is_dir():
+        tag = "folder-" + hashlib.sha1(str(Path(tag).resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "aimnet_me_base" / f"{tag}-{precision}.npz"
+
+
+def base_state_predictions(cs: ChargeSet, base, cache=None, tag: str | None = None,
+                           progress=None) -> tuple[np.ndarray, list]:
+    """``(E [C] eV, F: C arrays [A, 3] eV/Å)``: a charge-aware model's energies and forces on every
+    state of ``cs`` (its charge and multiplicity; a model without a spin input only checks the
+    multiplicity).
+
+    ``cache``: an ``.npz`` file of earlier predictions, keyed by a hash of ``tag`` (default the
+    model's name and precision), the atomic numbers, the positions (rounded to 1e-8 Å), the
+    charge and the multiplicity; states not in it are evaluated and the file is rewritten
+    atomically. Each label is evaluated once however many runs (folds, seeds) use it.
+    """
+    from ..atomic import atomic_output
+
+    tag = tag or f"{getattr(base, 'name', type(base).__name__)}/{getattr(base, 'precision', None)}"
+    keys = [_state_key(tag, cs.numbers[k], cs.positions[k], int(cs.charge[k]), int(cs.multiplicity[k]))
+            for k in range(len(cs))]
+    stored = {}
+    if cache is not None and Path(cache).is_file():
+        with np.load(cache, allow_pickle=False) as f:
+            stored = {k: f[k] for k in f.files}
+    missing = [k for k in range(len(cs)) if keys[k] + "/e" not in stored]
+    for n, k in enumerate(missing):
+        r = base(cs.numbers[k], cs.positions[k], charge=int(cs.charge[k]), multiplicity=int(cs.multiplicity[k]))
+        stored[keys[k] + "/e"] = np.asarray(r.energy, np.float64)
+        stored[keys[k] + "/f"] = np.asarray(r.forces, np.float64)
+        if progress is not None and (n + 1) % 100 == 0:
+            progress(f"base model: {n + 1}/{len(missing)} states")
+    if missing and cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **stored)
+    return (np.asarray([stored[k + "/e"] for k in keys], np.float64), [stored[k + "/f"] for k in keys])
+
+
+def subtract_base(cs: ChargeSet, base, cache=None, tag: str | None = None) -> ChargeSet:
+    """``cs`` with energies ``E - E_base`` (eV) and forces ``F - F_base`` (eV/Å) of the same
+    states (:func:`base_state_predictions`): the targets of a Δ model on top of ``base``. The
+    atomic charges stay the labels' own (the Δ model predicts charges, not charge corrections)."""
+    e, f = base_state_predictions(cs, base, cache, tag)
+    out = cs.subset(np.arange(len(cs)))
+    out.energy = cs.energy - e
+    if cs.forces is not None:
+        out.forces = [a - b for a, b in zip(cs.forces, f)]
+    return out
+
+
 def _unit_factor(ds, default: str) -> float:
     u = ds.attrs.get("units", default)
     u = u.decode() if isinstance(u, bytes) else str(u)
@@ -509,6 +591,10 @@ class MEConfig:
         validation loss (without one: the training loss, evaluated every epoch).
       valid_fraction: held-out molecules when no validation set is given.
       name: stored in the model folder.
+      base: a charge-aware model (registry name such as ``"aimnet2-wb97m-d3"``, or a model
+        folder) to learn on top of (Δ-learning, :func:`subtract_base`): the network and self
+        energies fit ``E - E_base`` and ``F - F_base``; the charges stay the labels' own. None:
+        from scratch.
     """
 
     model: dict | None = None
@@ -527,6 +613,7 @@ class MEConfig:
     train_eval_every: int = 1
     valid_fraction: float = 0.1
     name: str = "aimnet-me"
+    base: str | None = None
 
     def aimnet_config(self) -> AIMNetConfig:
         d = dict(self.model or {"elements": tuple(self.elements)})
@@ -536,6 +623,8 @@ class MEConfig:
         d = dataclasses.asdict(self)
         d["model"] = config_to_json(self.aimnet_config())
         d["elements"] = list(self.elements)
+        if d["base"] is None:   # from scratch: the settings as before the option existed (old checkpoints resume)
+            del d["base"]
         return d
 
 
@@ -714,6 +803,15 @@ class AIMNetMETrainer:
             train, valid = train.split_by_molecule((1 - config.valid_fraction, config.valid_fraction), config.seed)
         if len(train) == 0:
             raise InputError("no training states")
+        self.base_record = None
+        if config.base is not None:   # Δ-learning: fit E - E_base (the base's predictions cached per state)
+            from .delta import delta_record
+
+            base = load_base(config.base, BASE_PRECISION)
+            cache = base_cache_path(config.base, BASE_PRECISION)
+            train = subtract_base(train, base, cache)
+            valid = subtract_base(valid, base, cache) if valid is not None and len(valid) else valid
+            self.base_record = delta_record(config.base, target="the labels' energies and forces")
         self.train_set, self.valid_set = train, (valid if valid is not None and len(valid) else None)
         self.sae, self.state_shift = fit_self_energies(train, self.cfg.elements, self.cfg.charge_states,
                                                        self.cfg.max_multiplicity if config.spin_state_shifts else None)
@@ -854,9 +952,13 @@ class AIMNetMETrainer:
         return arrays
 
     def model_config(self) -> dict:
-        return {"kind": KIND, "name": self.config.name,
-                "description": f"AIMNet-ME trained by phai ({len(self.train_set)} states)",
-                "aimnet": config_to_json(self.cfg), "energy_unit": "eV"}
+        out = {"kind": KIND, "name": self.config.name,
+               "description": f"AIMNet-ME trained by phai ({len(self.train_set)} states)",
+               "aimnet": config_to_json(self.cfg), "energy_unit": "eV"}
+        if self.base_record is not None:
+            out["delta"] = self.base_record
+            out["description"] = f"{self.config.base} + Δ AIMNet-ME trained by phai ({len(self.train_set)} states)"
+        return out
 
     def save_model(self, folder, best: bool = True) -> Path:
         """Write the model files (``phai.load(folder)`` loads them)."""
@@ -894,10 +996,12 @@ class AIMNetMETrainer:
         w.writerows(self.history)
         ckpt.write_text_atomic(self.out_dir / "metrics.csv", buf.getvalue())
 
-    def potential(self, best: bool = True):
+    def potential(self, best: bool = True, precision: str = "float32", base=None):
+        """The trained model as :func:`phai.load` would return it from the saved folder. ``base``: the
+        base model object of a Δ run to share (None: loaded from the record; False: the Δ part alone)."""
         from ..models.aimnet_me import AIMNetMEPotential
 
-        return AIMNetMEPotential(self.model_arrays(best), self.model_config())
+        return AIMNetMEPotential(self.model_arrays(best), self.model_config(), precision, base=base)
 
 
 def train_aimnet_me(config: MEConfig, train: ChargeSet, valid: ChargeSet | None = None, out_dir=None,
