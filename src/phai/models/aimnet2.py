@@ -205,26 +205,91 @@ def _take_rows(x, idx):
     return jnp.take(x, idx, axis=0, mode="fill", fill_value=0)
 
 
-def _contract_fwd_scan(x, basis, neighbors):
+def _slot_pair_terms(positions, neighbors_t, shifts, eta, cutoff):
+    n = positions.shape[0]
+    mask = neighbors_t < n
+    dR = positions[jnp.minimum(neighbors_t, n - 1)] - positions[None, :, :]    # [K, N, 3]
+    dR = jnp.where(mask[..., None], dR, jnp.zeros_like(dR))
+    r2 = jnp.sum(dR * dR, axis=-1)
+    d = jnp.sqrt(jnp.where(mask, r2, jnp.ones_like(r2)))
+    fc, dfc = jax.jvp(lambda t: cosine_cutoff(t, cutoff), (d,), (jnp.ones_like(d),))
+    fc = jnp.where(mask, fc, jnp.zeros_like(fc))
+    dfc = jnp.where(mask, dfc, jnp.zeros_like(dfc))
+    x = d[..., None] - shifts[None, None, :]                                    # [K, N, G]
+    e = jnp.exp(-eta * x * x)
+    u = dR / d[..., None]
+    return mask, d, fc, dfc, x, e, u
+
+
+def _slot_basis_values(terms):
+    _, _, fc, _, _, e, u = terms
+    gs = e * fc[..., None]
+    return jnp.concatenate([gs[..., None], gs[..., None] * u[:, :, None, :]], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _slot_basis(positions, neighbors_t, shifts, eta, cutoff):
+    return _slot_basis_values(_slot_pair_terms(positions, neighbors_t, shifts, eta, cutoff))
+
+
+def _slot_basis_fwd(positions, neighbors_t, shifts, eta, cutoff):
+    terms = _slot_pair_terms(positions, neighbors_t, shifts, eta, cutoff)
+    return _slot_basis_values(terms), (neighbors_t, terms, jnp.zeros((), positions.dtype))
+
+
+def _slot_basis_bwd(eta, cutoff, res, db):
+    # By hand, component by component: XLA:CPU turned the autodiff form's sums over the
+    # 3 vector components and the 16 shells ([K, N, G, 3] arrays reduced along a short minor
+    # axis) into fusions ~10x slower than these elementwise products and minor-axis sums.
+    neighbors_t, (mask, d, fc, dfc, x, e, u), zero = res
+    gs = e * fc[..., None]
+    dgs = db[..., 0]
+    du = []
+    for c in range(3):
+        dgs = dgs + db[..., c + 1] * u[..., c, None]
+        du.append(jnp.sum(db[..., c + 1] * gs, axis=-1))                        # [K, N]
+    dd = (jnp.sum(dgs * e * x, axis=-1) * (-2.0 * eta) * fc + jnp.sum(dgs * e, axis=-1) * dfc)
+    udu = du[0] * u[..., 0] + du[1] * u[..., 1] + du[2] * u[..., 2]
+    g = jnp.stack([(du[c] - udu * u[..., c]) / d + dd * u[..., c] for c in range(3)], axis=-1)
+    g = jnp.where(mask[..., None], g, jnp.zeros_like(g))                        # dE / d(R_j - R_i)
+    grad = -jnp.sum(g, axis=0)
+    grad = grad.at[neighbors_t.reshape(-1)].add(g.reshape(-1, 3), mode="drop")
+    return grad.astype(zero.dtype), None, None
+
+
+_slot_basis.defvjp(_slot_basis_fwd, _slot_basis_bwd)
+
+
+def slot_basis(positions, neighbors_t, shifts, *, eta: float, cutoff: float):
+    """:func:`neighbor_basis` in slot-major layout: ``[K, N, G, 4]`` from ``neighbors_t = neighbors.T``
+    (``[K, N]``, sentinel ``N``), free space. The layout :func:`slot_contract` scans over.
+
+    Differentiable once in ``positions`` (hand-written VJP), not in ``shifts``.
+    """
+    return _slot_basis(positions, neighbors_t, shifts, float(eta), float(cutoff))
+
+
+def _contract_fwd_scan(x, basis_t, neighbors_t):
     def step(acc, inp):
         idx, bk = inp                                              # [N], [N, G, C]
         return acc + _take_rows(x, idx)[..., None] * bk[:, None], None
 
-    acc = jnp.zeros(x.shape + (basis.shape[-1],), dtype=jnp.result_type(x, basis))
-    out, _ = jax.lax.scan(step, acc, (neighbors.T, jnp.moveaxis(basis, 1, 0)))
+    acc = jnp.zeros(x.shape + (basis_t.shape[-1],), dtype=jnp.result_type(x, basis_t))
+    out, _ = jax.lax.scan(step, acc, (neighbors_t, basis_t))
     return out
 
 
 @jax.custom_vjp
-def neighbor_contract(x, basis, neighbors):
-    r"""``W[i, f, g, c] = sum_k x[j_k(i), f, g] B[i, k, g, c]``: AIMNet2's AEV x feature contraction.
+def slot_contract(x, basis_t, neighbors_t):
+    r"""``W[i, f, g, c] = sum_k x[j_k(i), f, g] B[k, i, g, c]``: AIMNet2's AEV x feature contraction
+    on a slot-major basis.
 
     Args:
       x: ``[N, F, G]`` per-atom features (padding rows are never read through a valid slot).
-      basis: ``[N, K, G, C]`` pair basis (:func:`neighbor_basis`, ``C = 4``); empty slots 0.
-      neighbors: ``[N, K]`` int32, sentinel ``N``; must be **symmetric** (every host list
-        within a cutoff is), because the gradient with respect to ``x`` reuses it in place of
-        the transposed list.
+      basis_t: ``[K, N, G, C]`` pair basis (:func:`slot_basis`, ``C = 4``); empty slots 0.
+      neighbors_t: ``[K, N]`` int32 (the transposed ``[N, K]`` list), sentinel ``N``; the
+        list must be **symmetric** (every host list within a cutoff is), because the
+        gradient with respect to ``x`` reuses it in place of the transposed list.
 
     Returns:
       ``[N, F, G, C]``.
@@ -233,50 +298,74 @@ def neighbor_contract(x, basis, neighbors):
     batched dot over ``(n, g)``, a scatter-add in the backward pass) 5-15x slower than this
     scan over the ``K`` neighbor slots, in which each step gathers ``N`` rows of ``x`` and
     accumulates into ``W``. The reverse pass has no scatter: by the pair symmetry of the
-    basis, ``dx[j] = sum_k sum_c dW[j_k(j), :, :, c] S_c B[j, k, :, c]``, the same scan over
+    basis, ``dx[j] = sum_k sum_c dW[j_k(j), :, :, c] S_c B[k, j, :, c]``, the same scan over
     ``j``'s own neighbors. Reverse mode only (no ``jvp``): for Hessians use the plain kernel
     (``member_energy(..., fast=False)``).
     """
-    return _contract_fwd_scan(x, basis, neighbors)
+    return _contract_fwd_scan(x, basis_t, neighbors_t)
 
 
-def _contract_vjp_fwd(x, basis, neighbors):
-    return _contract_fwd_scan(x, basis, neighbors), (x, basis, neighbors)
+def _contract_vjp_fwd(x, basis_t, neighbors_t):
+    return _contract_fwd_scan(x, basis_t, neighbors_t), (x, basis_t, neighbors_t)
 
 
 def _contract_vjp_bwd(res, dw):
-    x, basis, neighbors = res
-    sign = jnp.asarray(_PAIR_SIGN[:basis.shape[-1]], dtype=basis.dtype)
+    x, basis_t, neighbors_t = res
+    sign = jnp.asarray(_PAIR_SIGN[:basis_t.shape[-1]], dtype=basis_t.dtype)
+    # Shell-major layouts ([N, G, F], [N, G, C, F]): both reductions are then batched dots over
+    # (atom, shell) that read the gathered rows as they lie (no per-step transposes), which
+    # XLA:CPU runs ~2x faster than the same sums in the forward pass's layout.
+    xt = jnp.swapaxes(x, 1, 2)                                      # [N, G, F]
+    dwt = jnp.transpose(dw, (0, 2, 3, 1))                           # [N, G, C, F]
+    batch = ((0, 1), (0, 1))
 
     def step(dx, inp):
         idx, bk = inp                                              # [N], [N, G, C] (signed)
-        # einsums, not jnp.sum of products: XLA:CPU runs these reductions 3-6x faster so
-        dx = dx + jnp.einsum("nfgc,ngc->nfg", _take_rows(dw, idx), bk)
-        db = jnp.einsum("nfgc,nfg->ngc", dw, _take_rows(x, idx))  # [N, G, C]
+        dx = dx + jax.lax.dot_general(_take_rows(dwt, idx), bk, (((2,), (2,)), batch))   # [N, G, F]
+        db = jax.lax.dot_general(dwt, _take_rows(xt, idx), (((3,), (2,)), batch))        # [N, G, C]
         return dx, db
 
-    signed = jnp.moveaxis(basis * sign[None, None, None, :], 1, 0)
-    dx, db = jax.lax.scan(step, jnp.zeros_like(x), (neighbors.T, signed))
-    return dx, jnp.moveaxis(db, 0, 1).astype(basis.dtype), None
+    dxt, db = jax.lax.scan(step, jnp.zeros_like(xt), (neighbors_t, basis_t * sign[None, None, None, :]))
+    return jnp.swapaxes(dxt, 1, 2), db.astype(basis_t.dtype), None
 
 
-neighbor_contract.defvjp(_contract_vjp_fwd, _contract_vjp_bwd)
+slot_contract.defvjp(_contract_vjp_fwd, _contract_vjp_bwd)
 
 
-def conv_features_fast(a, basis, agh, neighbors):
-    """:func:`conv_features` through :func:`neighbor_contract` (same output, ``[N, A G + A H]``)."""
+def neighbor_contract(x, basis, neighbors):
+    r"""``W[i, f, g, c] = sum_k x[j_k(i), f, g] B[i, k, g, c]`` with an atom-major ``basis [N, K, G, C]``
+    and ``neighbors [N, K]``: :func:`slot_contract` on the transposed arrays (same contract:
+    symmetric list, reverse mode only). Returns ``[N, F, G, C]``."""
+    return slot_contract(x, jnp.moveaxis(basis, 1, 0), neighbors.T)
+
+
+def conv_features_fast(a, basis_t, agh, neighbors_t):
+    """:func:`conv_features` through :func:`slot_contract` (same output, ``[N, A G + A H]``) from
+    the slot-major ``basis_t [K, N, G, 4]`` and ``neighbors_t [K, N]``."""
     n = a.shape[0]
-    w = neighbor_contract(a, basis, neighbors)                      # [N, A, G, 4]
-    v = jnp.einsum("nagd,agh->nahd", w[..., 1:], agh)
-    return jnp.concatenate([w[..., 0].reshape(n, -1), jnp.sum(v * v, axis=-1).reshape(n, -1)], axis=-1)
+    w = slot_contract(a, basis_t, neighbors_t)                      # [N, A, G, 4]
+    return jnp.concatenate([w[..., 0].reshape(n, -1), _vector_norms(w, agh).reshape(n, -1)], axis=-1)
 
 
-def conv_charges_fast(q, basis, agh, neighbors):
-    """:func:`conv_charges` through :func:`neighbor_contract` (``[N, G + H]``)."""
-    n, g = q.shape[0], basis.shape[2]
-    w = neighbor_contract(jnp.broadcast_to(q[:, None, None], (n, 1, g)), basis, neighbors)[:, 0]   # [N, G, 4]
-    v = jnp.einsum("ngd,gh->nhd", w[..., 1:], agh)
-    return jnp.concatenate([w[..., 0], jnp.sum(v * v, axis=-1)], axis=-1)
+def _vector_norms(w, agh):
+    """``|v|^2 [N, A, H]`` of ``v[n, a, h, :] = sum_g w[n, a, g, 1:] agh[a, g, h]`` (``w [N, A, G, 4]``).
+
+    Component by component: XLA:CPU runs a sum over a minor axis of length 3 (``jnp.sum(v * v,
+    axis=-1)``) as a fusion several times slower than three products and two additions.
+    """
+    v = [jnp.einsum("nag,agh->nah", w[..., c], agh) for c in (1, 2, 3)]
+    return v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
+
+
+def conv_charges_fast(q, basis_t, agh, neighbors_t):
+    """:func:`conv_charges` on the slot-major ``basis_t [K, N, G, 4]`` (``[N, G + H]``).
+
+    The charges are one number per atom, so the plain gather ``q[neighbors_t]`` (``[K, N]``) and
+    its scatter-add transpose are cheap here; no scan is needed.
+    """
+    qj = jnp.take(q, neighbors_t, mode="fill", fill_value=0)       # [K, N]
+    w = jnp.einsum("kn,kngd->ngd", qj, basis_t)                     # [N, G, 4]
+    return jnp.concatenate([w[..., 0], _vector_norms(w[:, None], agh[None])[:, 0]], axis=-1)
 
 
 def conv_features(a, gs, gv, agh, neighbors):
@@ -337,6 +426,81 @@ def nqe(total_charge, q, f, *, eps: float = 1e-6):
     return q + w * (total_charge - jnp.sum(q)) / (jnp.sum(w) + eps)
 
 
+def species_neighbor_basis(basis_t, species, neighbors_t, atom_mask, nspecies: int):
+    r"""``Bs [N, S, G, C] = sum_k [s(j_k(i)) = s] B[k, i, g, c]``: the basis summed per neighbor species.
+
+    Args:
+      basis_t: ``[K, N, G, C]`` (:func:`slot_basis`). species: ``[N]`` int species index.
+      neighbors_t: ``[K, N]`` int32, sentinel ``N``. atom_mask: ``[N]`` bool (padding neighbors
+        count for no species). nspecies: ``S``.
+
+    The first pass's features depend on the species alone (``a_j = afv[s_j]``), so its
+    contraction is ``sum_s afv[s, f, g] Bs[i, s, g, c]`` (:func:`conv_species_fast`): one
+    ``[N, S, G, C]`` sum shared by every member instead of a scan over the neighbor slots.
+    """
+    s = jnp.where(atom_mask, species, -1)
+    sj = jnp.take(s, neighbors_t, mode="fill", fill_value=-1)                # [K, N]
+    onehot = (sj[..., None] == jnp.arange(nspecies)[None, None, :]).astype(basis_t.dtype)   # [K, N, S]
+    return jnp.einsum("kns,kngc->nsgc", onehot, basis_t)
+
+
+def conv_species_fast(afv, species_basis, agh):
+    """:func:`conv_features` of species features ``a_i = afv[s_i]`` from :func:`species_neighbor_basis`.
+
+    ``afv [S, A, G]``, ``species_basis [N, S, G, 4]``, ``agh [A, G, H]`` -> ``[N, A G + A H]``.
+    """
+    n = species_basis.shape[0]
+    w = jnp.einsum("sag,nsgd->nagd", afv, species_basis)              # [N, A, G, 4]
+    return jnp.concatenate([w[..., 0].reshape(n, -1), _vector_norms(w, agh).reshape(n, -1)], axis=-1)
+
+
+def local_geometry(positions, species, neighbors, atom_mask, shared, *, cfg: AIMNet2Config):
+    """The member-independent pair terms of the local part: ``(basis_t [K, N, G, 4],
+    species_basis [N, S, G, 4])`` (:func:`slot_basis`, :func:`species_neighbor_basis`)."""
+    basis_t = slot_basis(positions, neighbors.T, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
+    return basis_t, species_neighbor_basis(basis_t, species, neighbors.T, atom_mask, len(cfg.elements))
+
+
+def member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask, total_charge, *,
+                        cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None):
+    """One member's energy without the (member-independent) D3 term, from :func:`local_geometry`.
+
+    Differentiable (reverse mode, first order) in ``geometry`` and ``positions`` (the Coulomb
+    term); :func:`member_energy` and :func:`ensemble_outputs` chain the geometry's VJP.
+    Returns ``(energy eV, aux)`` with ``charges [N]`` and ``coulomb`` in ``aux``.
+    """
+    dtype = positions.dtype
+    n = positions.shape[0]
+    maskf = atom_mask.astype(dtype)
+    basis_t, species_basis = geometry
+    neighbors_t = neighbors.T
+    a = params["afv"][species] * maskf[:, None, None]                  # [N, A, G]
+    q_total = jnp.asarray(total_charge, dtype)
+
+    def inputs(a, q=None):
+        conv = (conv_species_fast(params["afv"], species_basis, params["agh_a"]) if q is None
+                else conv_features_fast(a, basis_t, params["agh_a"], neighbors_t))
+        x = [a.reshape(n, -1), conv]
+        if q is not None:
+            x += [q[:, None], conv_charges_fast(q, basis_t, params["agh_q"], neighbors_t)]
+        return jnp.concatenate(x, axis=-1)
+
+    q = None
+    for k in range(2):
+        y = mlp(params["mlp"][k], inputs(a, q), cfg.final_gelu[k]) * maskf[:, None]
+        qu = y[:, 0] if q is None else q + y[:, 0]
+        q = nqe(q_total, qu, y[:, 1], eps=cfg.nqe_eps)
+        a = a + y[:, 2:].reshape(a.shape)
+    aim = mlp(params["mlp"][2], inputs(a, q), cfg.final_gelu[2]) * maskf[:, None]
+    e_atom = mlp(params["energy"], aim, False)[:, 0]
+    if include_shifts:
+        e_atom = e_atom + params["shift"][species]
+    e_local = jnp.sum(e_atom * maskf)
+    e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
+                            half_ke=cfg.half_ke, block_size=block_size)
+    return e_local + e_coul, {"charges": q, "coulomb": e_coul}
+
+
 def member_energy(params, shared, positions, species, neighbors, atom_mask, total_charge, *,
                   cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
                   fast: bool = True):
@@ -359,24 +523,23 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
       ``(energy, aux)``: scalar eV; ``aux`` dict with ``charges [N]`` (e, padding 0),
       ``coulomb``, ``dispersion`` (eV).
     """
+    e_disp = d3bj_energy(positions, species, atom_mask, shared, shared["d3"], block_size=block_size)
+    if fast:
+        geometry = local_geometry(positions, species, neighbors, atom_mask, shared, cfg=cfg)
+        e, aux = member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask,
+                                     total_charge, cfg=cfg, include_shifts=include_shifts, block_size=block_size)
+        return e + e_disp, {**aux, "dispersion": e_disp}
     dtype = positions.dtype
     n = positions.shape[0]
     maskf = atom_mask.astype(dtype)
-    if fast:
-        basis = neighbor_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
-        conv_a = lambda a: conv_features_fast(a, basis, params["agh_a"], neighbors)
-        conv_q = lambda q: conv_charges_fast(q, basis, params["agh_q"], neighbors)
-    else:
-        gs, gv = radial_vector_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
-        conv_a = lambda a: conv_features(a, gs, gv, params["agh_a"], neighbors)
-        conv_q = lambda q: conv_charges(q, gs, gv, params["agh_q"], neighbors)
+    gs, gv = radial_vector_basis(positions, neighbors, shared["shifts"], eta=cfg.eta, cutoff=cfg.cutoff)
     a = params["afv"][species] * maskf[:, None, None]                  # [N, A, G]
     q_total = jnp.asarray(total_charge, dtype)
 
     def inputs(a, q=None):
-        x = [a.reshape(n, -1), conv_a(a)]
+        x = [a.reshape(n, -1), conv_features(a, gs, gv, params["agh_a"], neighbors)]
         if q is not None:
-            x += [q[:, None], conv_q(q)]
+            x += [q[:, None], conv_charges(q, gs, gv, params["agh_q"], neighbors)]
         return jnp.concatenate(x, axis=-1)
 
     q = None
@@ -392,7 +555,6 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
     e_local = jnp.sum(e_atom * maskf)
     e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
                             half_ke=cfg.half_ke, block_size=block_size)
-    e_disp = d3bj_energy(positions, species, atom_mask, shared, shared["d3"], block_size=block_size)
     return e_local + e_coul + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
 
 
@@ -407,12 +569,22 @@ def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_
 
     Returns:
       dict with ``energy [M]`` (eV), ``forces [M, N, 3]`` (eV/Å, ``-dE/dR``), ``charges [M, N]`` (e).
+
+    What does not depend on the member is computed once: the D3 energy and its gradient, the
+    pair basis and its per-species sums (:func:`local_geometry`), whose VJP each member then
+    applies to its own cotangent.
     """
+    e_disp, g_disp = jax.value_and_grad(
+        lambda R: d3bj_energy(R, species, atom_mask, shared, shared["d3"], block_size=block_size))(positions)
+    geometry, geometry_vjp = jax.vjp(
+        lambda R: local_geometry(R, species, neighbors, atom_mask, shared, cfg=cfg), positions)
+
     def one(p):
-        (e, aux), g = jax.value_and_grad(member_energy, argnums=2, has_aux=True)(
-            p, shared, positions, species, neighbors, atom_mask, total_charge,
+        (e, aux), (g_geo, g_pos) = jax.value_and_grad(member_energy_local, argnums=(2, 3), has_aux=True)(
+            p, shared, geometry, positions, species, neighbors, atom_mask, total_charge,
             cfg=cfg, include_shifts=include_shifts, block_size=block_size)
-        return e, -g, aux["charges"]
+        g = geometry_vjp(g_geo)[0] + g_pos + g_disp
+        return e + e_disp, -g, aux["charges"]
 
     m = jax.tree_util.tree_leaves(member_params)[0].shape[0]
     e, f, q = jax.lax.map(one, member_params, batch_size=m if member_batch is None else member_batch)
@@ -541,6 +713,12 @@ class AIMNet2Result(NamedTuple):
         return self.energy_std / np.sqrt(self.num_atoms)
 
 
+VMAP_MEMBERS_UP_TO = 256
+"""Atom slots up to which :class:`AIMNet2` evaluates the members together (``vmap``); above, one
+after the other, which XLA:CPU runs faster (1.3x at 512 slots) and which needs a quarter of the
+memory."""
+
+
 class AIMNet2:
     """A pretrained AIMNet2 ensemble: ``(numbers, positions Å, charge) -> energy, forces, charges``.
 
@@ -553,7 +731,8 @@ class AIMNet2:
       arrays, config: as stored by :mod:`phai.pretrained` (see :meth:`from_pretrained`).
       block_size: row block of the all-pairs long-range sums; molecules with at most this many
         atom slots use one dense block.
-      member_batch: members evaluated at once (None: all four, fastest for small molecules; 1
+      member_batch: members evaluated at once (None: all four by ``vmap`` up to
+        :data:`VMAP_MEMBERS_UP_TO` atom slots, where that is fastest, one after the other above; 1
         for the least memory on large systems).
 
     Example::
@@ -583,6 +762,11 @@ class AIMNet2:
         self._shift64 = np.asarray(arrays["atomic_shift"], dtype=np.float64)[:, np.asarray(self.elements)]
         self._species_of = np.full(max(len(SYMBOLS), max(self.elements) + 1), -1, dtype=np.int32)
         self._species_of[np.asarray(self.elements)] = np.arange(len(self.elements), dtype=np.int32)
+
+    def _member_batch(self, slots: int) -> int:
+        if self.member_batch is not None:
+            return int(self.member_batch)
+        return self.members if slots <= VMAP_MEMBERS_UP_TO else 1
 
     def with_precision(self, precision: str) -> AIMNet2:
         """The same ensemble evaluated in ``precision`` (``"float32"``/``"float64"``), sharing the arrays."""
@@ -673,7 +857,7 @@ class AIMNet2:
         out = _ensemble_jit(member, shared, jnp.asarray(inputs.positions, dtype), jnp.asarray(inputs.species),
                             jnp.asarray(inputs.neighbors), jnp.asarray(inputs.atom_mask),
                             jnp.asarray(inputs.charge, dtype), cfg=self.cfg, include_shifts=False,
-                            block_size=self.block_size, member_batch=self.member_batch)
+                            block_size=self.block_size, member_batch=self._member_batch(len(inputs.positions)))
         a = inputs.natoms
         shift = self._shift64[:, self._species_of[inputs.numbers]].sum(axis=1)     # [M] float64
         e = np.asarray(out["energy"], dtype=np.float64) + shift

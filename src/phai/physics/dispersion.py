@@ -25,7 +25,7 @@ D3 (simple-dftd3, dftd3, tblite) gives different numbers.
 The reference CNs depend only on the element and the reference index, so the Gaussian weight
 ``L_ijab`` factorises as ``w_ia w_jb``; the ``[N, N, 5, 5]`` tensor of the original is never
 built. Per-atom ``T_i[t, b] = sum_a C6ref[Z_i, t, a, b] w_ia`` (``[N, S, 5]``) turns the C6
-contraction into one gather and a dot product per pair. All-pairs sums go through
+contraction into one matrix product per row block (``T`` against ``[s_j = s] w_jb``). All-pairs sums go through
 :func:`phai.physics.coulomb.pair_row_sums` (``O(block N)`` memory).
 
 Shapes: ``N`` atom slots, ``S`` species of the model, ``R = 5`` reference points.
@@ -135,20 +135,26 @@ def d3bj_energy(positions, species, atom_mask, tables, params: D3BJParams, *, bl
                               k1=p.k1, angstrom_to_bohr=p.angstrom_to_bohr, block_size=block_size)
     w = reference_weights(cn, species, tables["cnref"], p.k3)              # [N, R]
     wsum = jnp.sum(w, axis=-1)                                             # [N]
-    t = jnp.einsum("ntab,na->ntb", tables["c6ref"][species], w)            # [N, S, R]
+    n, nref = w.shape
+    nspecies = tables["cnref"].shape[0]
+    t = jnp.einsum("ntab,na->ntb", tables["c6ref"][species], w).reshape(n, nspecies * nref)   # [N, S R]
+    # u[j, (s, b)] = [s_j = s] w[j, b], so sum_b T[i, s_j, b] w[j, b] = (t @ u.T)[i, j]: one
+    # matrix product per row block instead of a gather of T at every pair
+    onehot = (species[:, None] == jnp.arange(nspecies)[None, :]).astype(w.dtype)
+    u = (onehot[:, :, None] * w[:, None, :]).reshape(n, nspecies * nref)  # [N, S R]
     sqrt_q = tables["r4r2"][species]
 
     def pair(d, row, col):
         t_i, w_i, q_i = row
-        s_j, w_j, wsum_j, q_j = col
+        u_j, wsum_j, q_j = col
         r = d * p.angstrom_to_bohr
-        z = jnp.sum(t_i[:, s_j, :] * w_j[None, :, :], axis=-1)            # [C, N]
+        z = t_i @ u_j.T                                                    # [C, N]
         wij = w_i[:, None] * wsum_j[None, :]
         c6 = jnp.where(wij < p.weight_floor, jnp.zeros_like(z), z / jnp.maximum(wij, p.weight_floor))
         rr = 3.0 * q_i[:, None] * q_j[None, :]
         r0 = p.a1 * jnp.sqrt(rr) + p.a2
         return c6 * (p.s6 / (r ** 6 + r0 ** 6) + p.s8 * rr / (r ** 8 + r0 ** 8))
 
-    e = pair_row_sums(pair, positions, atom_mask, (t, wsum, sqrt_q), (species, w, wsum, sqrt_q),
+    e = pair_row_sums(pair, positions, atom_mask, (t, wsum, sqrt_q), (u, wsum, sqrt_q),
                       block_size=block_size)
     return p.energy_factor * jnp.sum(e)
