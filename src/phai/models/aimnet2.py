@@ -238,19 +238,17 @@ def _slot_basis_fwd(positions, neighbors_t, shifts, eta, cutoff):
 
 
 def _slot_basis_bwd(eta, cutoff, res, db):
-    # By hand, component by component: XLA:CPU turned the autodiff form's sums over the
-    # 3 vector components and the 16 shells ([K, N, G, 3] arrays reduced along a short minor
-    # axis) into fusions ~10x slower than these elementwise products and minor-axis sums.
+    # By hand: the autodiff form's sums over the 3 vector components and the 16 shells
+    # ([K, N, G, 3] arrays reduced along short axes) ran ~10x slower on XLA:CPU than one
+    # batched dot of db against gs and its distance derivative, followed by [K, N] algebra.
     neighbors_t, (mask, d, fc, dfc, x, e, u), zero = res
     gs = e * fc[..., None]
-    dgs = db[..., 0]
-    du = []
-    for c in range(3):
-        dgs = dgs + db[..., c + 1] * u[..., c, None]
-        du.append(jnp.sum(db[..., c + 1] * gs, axis=-1))                        # [K, N]
-    dd = (jnp.sum(dgs * e * x, axis=-1) * (-2.0 * eta) * fc + jnp.sum(dgs * e, axis=-1) * dfc)
-    udu = du[0] * u[..., 0] + du[1] * u[..., 1] + du[2] * u[..., 2]
-    g = jnp.stack([(du[c] - udu * u[..., c]) / d + dd * u[..., c] for c in range(3)], axis=-1)
+    hs = e * ((-2.0 * eta) * x * fc[..., None] + dfc[..., None])               # d gs / d d
+    p = jax.lax.dot_general(jnp.stack([gs, hs], axis=2), db, (((3,), (2,)), ((0, 1), (0, 1))))  # [K, N, 2, 4]
+    du = p[:, :, 0, 1:]                                                         # dE/du [K, N, 3]
+    dd = p[:, :, 1, 0] + sum(p[:, :, 1, c + 1] * u[..., c] for c in range(3))  # dE/dd [K, N]
+    udu = du[..., 0] * u[..., 0] + du[..., 1] * u[..., 1] + du[..., 2] * u[..., 2]
+    g = jnp.stack([(du[..., c] - udu * u[..., c]) / d + dd * u[..., c] for c in range(3)], axis=-1)
     g = jnp.where(mask[..., None], g, jnp.zeros_like(g))                        # dE / d(R_j - R_i)
     grad = -jnp.sum(g, axis=0)
     grad = grad.at[neighbors_t.reshape(-1)].add(g.reshape(-1, 3), mode="drop")
@@ -312,16 +310,17 @@ def _contract_vjp_fwd(x, basis_t, neighbors_t):
 def _contract_vjp_bwd(res, dw):
     x, basis_t, neighbors_t = res
     sign = jnp.asarray(_PAIR_SIGN[:basis_t.shape[-1]], dtype=basis_t.dtype)
-    # Shell-major layouts ([N, G, F], [N, G, C, F]): both reductions are then batched dots over
+    # Shell-major layouts (xt [N, G, F], dwt [N, G, C, F]): both reductions are then batched dots over
     # (atom, shell) that read the gathered rows as they lie (no per-step transposes), which
     # XLA:CPU runs ~2x faster than the same sums in the forward pass's layout.
-    xt = jnp.swapaxes(x, 1, 2)                                      # [N, G, F]
-    dwt = jnp.transpose(dw, (0, 2, 3, 1))                           # [N, G, C, F]
+    # The barrier keeps XLA from folding these transposes into the dots below, which it would
+    # otherwise do, contracting over a minor axis of length C = 4 (10x slower per step).
+    xt, dwt = jax.lax.optimization_barrier((jnp.swapaxes(x, 1, 2), jnp.transpose(dw, (0, 2, 3, 1))))
     batch = ((0, 1), (0, 1))
 
     def step(dx, inp):
         idx, bk = inp                                              # [N], [N, G, C] (signed)
-        dx = dx + jax.lax.dot_general(_take_rows(dwt, idx), bk, (((2,), (2,)), batch))   # [N, G, F]
+        dx = dx + jax.lax.dot_general(bk, _take_rows(dwt, idx), (((2,), (2,)), batch))   # [N, G, F]
         db = jax.lax.dot_general(dwt, _take_rows(xt, idx), (((3,), (2,)), batch))        # [N, G, C]
         return dx, db
 
@@ -358,14 +357,12 @@ def _vector_norms(w, agh):
 
 
 def conv_charges_fast(q, basis_t, agh, neighbors_t):
-    """:func:`conv_charges` on the slot-major ``basis_t [K, N, G, 4]`` (``[N, G + H]``).
-
-    The charges are one number per atom, so the plain gather ``q[neighbors_t]`` (``[K, N]``) and
-    its scatter-add transpose are cheap here; no scan is needed.
-    """
-    qj = jnp.take(q, neighbors_t, mode="fill", fill_value=0)       # [K, N]
-    w = jnp.einsum("kn,kngd->ngd", qj, basis_t)                     # [N, G, 4]
-    return jnp.concatenate([w[..., 0], _vector_norms(w[:, None], agh[None])[:, 0]], axis=-1)
+    """:func:`conv_charges` through :func:`slot_contract` (``[N, G + H]``), the charges as one
+    feature channel broadcast over the shells (a separate scan: as a 17th channel of the
+    features' scan the unaligned width made that scan 2x slower)."""
+    n, g = q.shape[0], basis_t.shape[2]
+    w = slot_contract(jnp.broadcast_to(q[:, None, None], (n, 1, g)), basis_t, neighbors_t)   # [N, 1, G, 4]
+    return jnp.concatenate([w[:, 0, :, 0], _vector_norms(w, agh[None])[:, 0]], axis=-1)
 
 
 def conv_features(a, gs, gv, agh, neighbors):
@@ -426,6 +423,36 @@ def nqe(total_charge, q, f, *, eps: float = 1e-6):
     return q + w * (total_charge - jnp.sum(q)) / (jnp.sum(w) + eps)
 
 
+def _neighbor_species(species, neighbors_t, atom_mask):
+    s = jnp.where(atom_mask, species, -1)
+    return jnp.take(s, neighbors_t, mode="fill", fill_value=-1)                 # [K, N], -1: none
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _species_basis(basis_t, species, neighbors_t, atom_mask, nspecies):
+    sj = _neighbor_species(species, neighbors_t, atom_mask)
+    onehot = (sj[..., None] == jnp.arange(nspecies)[None, None, :]).astype(basis_t.dtype)   # [K, N, S]
+    return jnp.einsum("kns,kngc->nsgc", onehot, basis_t)
+
+
+def _species_basis_fwd(basis_t, species, neighbors_t, atom_mask, nspecies):
+    return (_species_basis(basis_t, species, neighbors_t, atom_mask, nspecies),
+            (_neighbor_species(species, neighbors_t, atom_mask), jnp.zeros((), basis_t.dtype)))
+
+
+def _species_basis_bwd(nspecies, res, dbs):
+    # dB[k, n] = dBs[n, s(j_k(n))]: one row gather (the einsum's transpose is a dot plus an
+    # [N, K, G C] transpose, 3x slower)
+    sj, zero = res
+    n, _, g, c = dbs.shape
+    rows = jnp.where(sj >= 0, jnp.arange(n)[None, :] * nspecies + sj, n * nspecies)
+    db = jnp.take(dbs.reshape(n * nspecies, g, c), rows, axis=0, mode="fill", fill_value=0)
+    return db.astype(zero.dtype), None, None, None
+
+
+_species_basis.defvjp(_species_basis_fwd, _species_basis_bwd)
+
+
 def species_neighbor_basis(basis_t, species, neighbors_t, atom_mask, nspecies: int):
     r"""``Bs [N, S, G, C] = sum_k [s(j_k(i)) = s] B[k, i, g, c]``: the basis summed per neighbor species.
 
@@ -437,11 +464,9 @@ def species_neighbor_basis(basis_t, species, neighbors_t, atom_mask, nspecies: i
     The first pass's features depend on the species alone (``a_j = afv[s_j]``), so its
     contraction is ``sum_s afv[s, f, g] Bs[i, s, g, c]`` (:func:`conv_species_fast`): one
     ``[N, S, G, C]`` sum shared by every member instead of a scan over the neighbor slots.
+    Differentiable once in ``basis_t``.
     """
-    s = jnp.where(atom_mask, species, -1)
-    sj = jnp.take(s, neighbors_t, mode="fill", fill_value=-1)                # [K, N]
-    onehot = (sj[..., None] == jnp.arange(nspecies)[None, None, :]).astype(basis_t.dtype)   # [K, N, S]
-    return jnp.einsum("kns,kngc->nsgc", onehot, basis_t)
+    return _species_basis(basis_t, species, neighbors_t, atom_mask, int(nspecies))
 
 
 def conv_species_fast(afv, species_basis, agh):
@@ -478,12 +503,11 @@ def member_energy_local(params, shared, geometry, positions, species, neighbors,
     q_total = jnp.asarray(total_charge, dtype)
 
     def inputs(a, q=None):
-        conv = (conv_species_fast(params["afv"], species_basis, params["agh_a"]) if q is None
-                else conv_features_fast(a, basis_t, params["agh_a"], neighbors_t))
-        x = [a.reshape(n, -1), conv]
-        if q is not None:
-            x += [q[:, None], conv_charges_fast(q, basis_t, params["agh_q"], neighbors_t)]
-        return jnp.concatenate(x, axis=-1)
+        if q is None:
+            return jnp.concatenate([a.reshape(n, -1), conv_species_fast(params["afv"], species_basis,
+                                                                        params["agh_a"])], axis=-1)
+        return jnp.concatenate([a.reshape(n, -1), conv_features_fast(a, basis_t, params["agh_a"], neighbors_t),
+                                q[:, None], conv_charges_fast(q, basis_t, params["agh_q"], neighbors_t)], axis=-1)
 
     q = None
     for k in range(2):
