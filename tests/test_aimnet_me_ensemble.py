@@ -115,6 +115,11 @@ def test_cdft_command_on_ensemble_folders(runs, tmp_path, capsys):
     assert row["std"]["ip"] >= 0 and set(row["std"]) == {"ip", "ea", "chi", "eta", "omega"}
     assert main(["cdft", str(path), "--model", str(delta_dir), "--precision", "float64"]) == 0
     assert "±IP" in capsys.readouterr().out
+    # phai energy on the same folder: the cation's energy of the cdft row
+    assert main(["energy", str(path), "--model", str(delta_dir), "--charge", "1", "--json", "--precision",
+                 "float64"]) == 0
+    e = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(e["energy"] - row["energies"][0]) < 1e-9 and abs(sum(e["charges"]) - 1) < 1e-9
 
 
 def test_bad_ensemble_folders_are_clear_errors(runs, tmp_path):

@@ -174,14 +174,31 @@ class AIMNetMEPotential:
                                             self.state_shift, [m])[0])
         return AIMNetMEResult(energy, f[:a], 0.0, np.array([energy]), a, qa[:a] + qb[:a], qa[:a], qb[:a])
 
-    def evaluate(self, structures, charges=None, multiplicities=None) -> list[AIMNetMEResult]:
-        """:meth:`__call__` over ``[(numbers, positions), ...]`` or ``ase.Atoms``."""
+    def evaluate(self, structures, charges=None, multiplicities=None, *, forces: bool = True, labels=None,
+                 multiplicity=None) -> list[AIMNetMEResult]:
+        """:meth:`__call__` over ``ase.Atoms`` (``info["charge"]``, ``info["multiplicity"]``),
+        ``(numbers, positions)`` pairs or ``(numbers, positions, charge)`` triples (the interface of
+        :meth:`phai.models.aimnet2.AIMNet2.evaluate`, which ``phai energy`` calls).
+
+        Args:
+          charges, multiplicities: per structure (None entries or None: from the structure, else
+            0 and the lowest multiplicity).
+          forces: accepted for compatibility (forces are always computed).
+          labels: names of the structures for error messages.
+          multiplicity: one ``2S+1`` for every structure (when ``multiplicities`` is None).
+        """
         out = []
         for k, s in enumerate(structures):
             q = None if charges is None else charges[k]
-            m = None if multiplicities is None else multiplicities[k]
-            out.append(self(s, charge=q, multiplicity=m) if hasattr(s, "get_positions") else self(*s, charge=q,
-                                                                                                   multiplicity=m))
+            m = multiplicity if multiplicities is None else multiplicities[k]
+            try:
+                if hasattr(s, "get_positions"):
+                    out.append(self(s, charge=q, multiplicity=m))
+                else:
+                    z, r, *rest = s
+                    out.append(self(z, r, charge=q if q is not None or not rest else rest[0], multiplicity=m))
+            except InputError as exc:
+                raise type(exc)(f"{labels[k] if labels else f'structure {k}'}: {exc}") from None
         return out
 
 
