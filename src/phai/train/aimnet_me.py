@@ -47,6 +47,15 @@ EA in the charge data set (IP 9.1 vs 11.0 eV), a difference that is again intens
 energies are added in float64 on the host (as for ANI), so float32 networks lose no precision
 on totals of thousands of eV.
 
+Δ on a base model (``MEConfig.base``, e.g. ``"aimnet2-wb97m-d3"``; the ANI-1ccx Δ recipe): the
+energies and forces of every training and validation state become ``E - E_base`` and ``F -
+F_base`` (:func:`subtract_base`; the base evaluated once per label in float64 and cached,
+:func:`base_state_predictions`), the self energies and the network fit those residuals, and the
+saved folder records the base (``"delta"`` in ``config.json``) so that ``phai.load`` adds it
+back. The charges stay the labels' own. With a base that has no spin input (the 2023
+AIMNet2), the per-(charge, multiplicity) offsets (``spin_state_shifts``) carry its different
+errors on the ions of radicals and of closed-shell molecules.
+
 Resume: the batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``; the
 checkpoint (written atomically at every epoch end: :mod:`phai.train.checkpoint`) holds the
 weights, best weights, optimizer state, epoch and history, so a resumed run continues
