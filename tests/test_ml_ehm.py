@@ -63,6 +63,38 @@ def test_fixed_hoffmann_equals_plain_ehm(x64, weighted):
     np.testing.assert_allclose(np.asarray(got.energies[0, :n]), np.asarray(ref.energies), rtol=0, atol=1e-12)
 
 
+def test_energy_reference_and_p_field_keep_invariance(x64):
+    # the energy reference adds exactly c to every real level (H + c S); the on-site p field built
+    # from bond directions rotates with the molecule: energies are invariant under rotation and
+    # atom permutation with every head randomised (field included)
+    z, r = _mol("C=NC=C", noise=0.1)
+    system = jax.tree.map(jnp.asarray, huckel_system(z))
+    A, n = len(z), int(system.n_orbitals)
+    zero = ml_ehm.ml_ehm_orbitals(jnp.asarray(r), system, jnp.zeros((A, 2)), jnp.full((A, A), 1.75))
+    moved = ml_ehm.ml_ehm_orbitals(jnp.asarray(r), system, jnp.zeros((A, 2)), jnp.full((A, A), 1.75), shift=4.5)
+    np.testing.assert_allclose(np.asarray(moved.energies[:n]), np.asarray(zero.energies[:n]) + 4.5, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(moved.hamiltonian), np.asarray(zero.hamiltonian + 4.5 * zero.overlap), atol=1e-12)
+    model = ml_ehm.MLEHM(width=8, n_interactions=1, n_sensitivities=6, pair_width=8, energy_shift=4.5)
+    rot = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
+    perm = np.random.default_rng(4).permutation(A)
+    numbers, pos, sys_b = _batch([(z, r), (z, r @ rot.T + 0.7), (z[perm], r[perm])])
+    params = model.init(jax.random.PRNGKey(0), jnp.asarray(numbers[0]), jnp.asarray(pos[0]),
+                        jax.tree.map(lambda x: jnp.asarray(x[0]), sys_b))
+    assert "field_1" in params["params"] and "shift" in params["params"]
+    params = _randomise(params, jax.random.PRNGKey(7))
+    out = jax.jit(ml_ehm.batch_apply, static_argnums=0)(model, params, jnp.asarray(numbers), jnp.asarray(pos),
+                                                        jax.tree.map(jnp.asarray, sys_b))
+    e = np.asarray(out.energies[:, :n])
+    np.testing.assert_allclose(e[1], e[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(e[2], e[0], rtol=0, atol=1e-10)
+    # and the field is active: switching it off changes the levels
+    off = ml_ehm.MLEHM(width=8, n_interactions=1, n_sensitivities=6, pair_width=8, energy_shift=4.5, p_field=False)
+    p_off = {"params": {k: v for k, v in params["params"].items() if not k.startswith("field_")}}
+    e_off = np.asarray(jax.jit(ml_ehm.batch_apply, static_argnums=0)(
+        off, p_off, jnp.asarray(numbers[:1]), jnp.asarray(pos[:1]), jax.tree.map(lambda x: jnp.asarray(x[:1]), sys_b)).energies[0, :n])
+    assert np.abs(e_off - e[0]).max() > 1e-3
+
+
 def test_gradients_finite_at_degeneracy_and_match_fd(x64):
     # methane (t2: triply degenerate HOMO) and ethylene twisted to 90 degrees-free symmetric geometry
     z = np.array([6, 1, 1, 1, 1])
