@@ -32,7 +32,14 @@ import numpy as np
 from jax_md import partition
 
 from ..errors import InputError, UnsupportedElementError
-from ..models.aimnet2 import check_charge_multiplicity, member_energy
+from ..models.aimnet2 import (
+    VMAP_MEMBERS_UP_TO,
+    check_charge_multiplicity,
+    local_geometry,
+    member_energy,
+    member_energy_local,
+)
+from ..physics.dispersion import d3bj_energy
 
 ALL_PAIRS_MAX_ATOMS = 1000
 """:func:`aimnet2_energy` lists every other atom as a neighbor (``A^2`` slots); beyond this,
@@ -100,7 +107,7 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
     species_j = jnp.asarray(species)
     mask = jnp.ones(n, dtype=bool)
     cfg, block = model.cfg, model.block_size
-    batch = model.member_batch if model.member_batch is not None else (model.members if n <= 256 else 1)
+    batch = model.member_batch if model.member_batch is not None else (model.members if n <= VMAP_MEMBERS_UP_TO else 1)
 
     def energy(R, neighbors):
         if R.shape != (n, 3):
@@ -108,12 +115,21 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
         with jax.ensure_compile_time_eval():  # the model caches concrete arrays per dtype, never tracers
             member, shared = model.params(R.dtype)
 
-        def one(p):
-            return member_energy(p, shared, R, species_j, neighbors, mask, q, cfg=cfg, include_shifts=False,
-                                 block_size=block, fast=fast)[0]
+        if not fast:
+            def one(p):
+                return member_energy(p, shared, R, species_j, neighbors, mask, q, cfg=cfg, include_shifts=False,
+                                     block_size=block, fast=False)[0]
 
-        e = jax.lax.map(one, member, batch_size=batch)
-        return jnp.mean(e) + shift
+            return jnp.mean(jax.lax.map(one, member, batch_size=batch)) + shift
+        # what does not depend on the member (pair basis, D3) once, and its VJP once, for the mean
+        geometry = local_geometry(R, species_j, neighbors, mask, shared, cfg=cfg)
+
+        def local(p):
+            return member_energy_local(p, shared, geometry, R, species_j, neighbors, mask, q, cfg=cfg,
+                                       include_shifts=False, block_size=block)[0]
+
+        e_disp = d3bj_energy(R, species_j, mask, shared, shared["d3"], block_size=block)
+        return jnp.mean(jax.lax.map(local, member, batch_size=batch)) + e_disp + shift
 
     return energy
 
