@@ -2,7 +2,8 @@
 per-element parameters by gradient descent, draw the torsion figure.
 
 Usage (from the repository root):
-    PYTHONPATH=src python benchmarks/ehm_results.py [--steps 1500] [--save-model] [--fit-steps 400]
+    PYTHONPATH=src python benchmarks/ehm_results.py [--steps 1500] [--save-model] [--fit-steps 400] [--gap-weight 1]
+    (the bundled model: --steps 2500 --lr 1e-2 --fit-steps 400 --gap-weight 1 --save-model)
 
 Prints MAEs (eV) against B3LYP/6-31G(d) on the held-out frames (odd multiples of 10 degrees
 of the butadiene and 2-aza-1,3-butadiene scans; 1-aza-1,3-butadiene if labelled) for:
@@ -156,8 +157,8 @@ def torsion_figure(data, e_plain, e_ml, path=None, n_levels=4):
             for a, k in report[name][key]:
                 i = int(np.argmin(np.abs(ang - a)))
                 y = (dft if key == "dft" else ml)[i, k:k + 2].mean()
-                ax.plot([a], [y], marker, color="k", ms=9 if key == "dft" else 6, mfc="none" if key == "ml_ehm" else "k",
-                        label=None)
+                ax.plot([a], [y], marker, color="k", ms=9 if key == "dft" else 15, mfc="none" if key == "ml_ehm" else "k",
+                        mew=1.5, label=None)  # the ML-EHM diamond encloses a DFT X at the same place
         test = data.test[rows]
         for a in ang[test]:
             ax.axvline(a, color="0.92", lw=3, zorder=0)
@@ -181,8 +182,9 @@ def main():
     ap.add_argument("--fit-steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--gap-weight", type=float, default=0.0,
-                    help="weight of the adjacent-level gap term of the ML-EHM loss (ml_ehm.orbital_loss)")
+    ap.add_argument("--gap-weight", type=float, default=1.0,
+                    help="weight of the adjacent-level spacing term of the ML-EHM loss (ml_ehm.orbital_loss); "
+                         "0 = levels only")
     ap.add_argument("--save-model", action="store_true")
     args = ap.parse_args()
     data = ml_ehm.load_dataset()
