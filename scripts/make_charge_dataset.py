@@ -14,7 +14,7 @@ Stages (each resumable; the store keeps every finished label):
     python scripts/make_charge_dataset.py check --out tests/data/charge_labels/charge_labels.h5   # CDFT table
 
 Run with ``OMP_NUM_THREADS=1`` and ``PYTHONPATH=src``. Labels are computed sample round by
-sample round (sample 0 of every molecule, then sample 1, ...), and the three charge states of
+sample round (sample 0 of every molecule, cheapest first, then sample 1, ...), and the three charge states of
 a geometry one after the other, so a run stopped early still covers every molecule with
 complete (-1, 0, +1) triples.
 
@@ -47,7 +47,9 @@ from phai.labels.store import (
 SEED = 0
 TEMPERATURE = 600.0  # K: as the CHNO set (ANI-Tools' NMS temperature)
 NUM_EMBED = 3
-CONFORMERS = 4  # normal-mode samples per molecule
+CONFORMERS = 4  # normal-mode samples per molecule of the first build (the first FIRST_BUILD of MOLECULES)
+ADDED_CONFORMERS = 1  # samples per molecule added later: more molecules beat more geometries (RECIPE.md)
+FIRST_BUILD = 33
 LEVEL_KW = {"method": "wb97x", "basis": "6-31+g*", "density_fit": True, "conv_tol": 1e-9}
 PREFIX = "wb97x_pd"  # dataset prefix: ωB97X/6-31+G(d) ("p" = the diffuse +, "d" = polarisation)
 STATES = ((-1, "anion"), (0, "neutral"), (1, "cation"))
@@ -88,6 +90,121 @@ MOLECULES: tuple[tuple[str, str, int, str], ...] = (
     ("allyl", "C=C[CH2]", 2, "test"),
     ("nitrogen_dioxide", "[O]N=O", 2, "train"),
     ("acetyl", "C[C]=O", 2, "train"),
+    # second build: one geometry each (FIRST_BUILD_CONFORMERS only for the 33 above). Closed shells
+    # chosen for spread in IP/EA: small inorganics, N-N and N-O bonds, imines, nitriles, nitro,
+    # N-oxides, carbonyls, acids, esters, amides, alcohols, ethers, small rings, alkenes/alkynes,
+    # heteroaromatics.
+    ("carbon_monoxide", "[C-]#[O+]", 1, "train"),
+    ("dinitrogen", "N#N", 1, "train"),
+    ("carbon_dioxide", "O=C=O", 1, "train"),
+    ("nitrous_oxide", "[N-]=[N+]=O", 1, "test"),
+    ("nitroxyl", "N=O", 1, "train"),
+    ("hydrogen_peroxide", "OO", 1, "train"),
+    ("hydrazine", "NN", 1, "train"),
+    ("diazene", "N=N", 1, "test"),
+    ("isocyanic_acid", "N=C=O", 1, "train"),
+    ("hydrazoic_acid", "N=[N+]=[N-]", 1, "train"),
+    ("nitrous_acid", "ON=O", 1, "train"),
+    ("nitric_acid", "O[N+](=O)[O-]", 1, "train"),
+    ("ketene", "C=C=O", 1, "train"),
+    ("cyanamide", "NC#N", 1, "test"),
+    ("methanimine", "C=N", 1, "train"),
+    ("diazomethane", "C=[N+]=[N-]", 1, "train"),
+    ("methyl_isocyanide", "[C-]#[N+]C", 1, "train"),
+    ("cyanogen", "N#CC#N", 1, "train"),
+    ("glyoxal", "O=CC=O", 1, "train"),
+    ("formaldoxime", "C=NO", 1, "test"),
+    ("nitrosomethane", "CN=O", 1, "train"),
+    ("nitromethane", "C[N+](=O)[O-]", 1, "train"),
+    ("nitramide", "N[N+](=O)[O-]", 1, "test"),
+    ("carbonic_acid", "OC(=O)O", 1, "train"),
+    ("carbamic_acid", "NC(=O)O", 1, "train"),
+    ("formamidine", "NC=N", 1, "train"),
+    ("methanediol", "OCO", 1, "test"),
+    ("formohydroxamic_acid", "O=CNO", 1, "train"),
+    ("methyl_hydroxylamine", "CNO", 1, "train"),
+    ("oxirane", "C1CO1", 1, "train"),
+    ("aziridine", "C1CN1", 1, "test"),
+    ("propyne", "C#CC", 1, "train"),
+    ("allene", "C=C=C", 1, "train"),
+    ("cyanoacetylene", "C#CC#N", 1, "train"),
+    ("diacetylene", "C#CC#C", 1, "test"),
+    ("cyclopropene", "C1=CC1", 1, "train"),
+    ("methyl_isocyanate", "CN=C=O", 1, "train"),
+    ("methyl_nitrite", "CON=O", 1, "train"),
+    ("vinyl_alcohol", "C=CO", 1, "train"),
+    ("acetaldimine", "CC=N", 1, "test"),
+    ("n_methylmethanimine", "C=NC", 1, "train"),
+    ("glycolaldehyde", "OCC=O", 1, "train"),
+    ("acetamide", "CC(N)=O", 1, "train"),
+    ("n_methylformamide", "CNC=O", 1, "test"),
+    ("guanidine", "NC(N)=N", 1, "train"),
+    ("oxalic_acid", "OC(=O)C(=O)O", 1, "train"),
+    ("acrylonitrile", "C=CC#N", 1, "train"),
+    ("acrolein", "C=CC=O", 1, "train"),
+    ("aminoacetonitrile", "NCC#N", 1, "test"),
+    ("malononitrile", "N#CCC#N", 1, "train"),
+    ("glycolic_acid", "OCC(=O)O", 1, "train"),
+    ("ethylene_glycol", "OCCO", 1, "train"),
+    ("acetaldoxime", "CC=NO", 1, "train"),
+    ("dimethylamine", "CNC", 1, "test"),
+    ("ethylamine", "CCN", 1, "train"),
+    ("ethanolamine", "NCCO", 1, "train"),
+    ("ethylenediamine", "NCCN", 1, "train"),
+    ("methyl_carbamate", "COC(N)=O", 1, "test"),
+    ("methyl_vinyl_ether", "C=COC", 1, "train"),
+    ("methoxymethanol", "COCO", 1, "train"),
+    ("n_methylnitrone", "C=[N+]([O-])C", 1, "train"),
+    ("nitroethane", "CC[N+](=O)[O-]", 1, "test"),
+    ("propanal", "CCC=O", 1, "train"),
+    ("methylglyoxal", "CC(=O)C=O", 1, "train"),
+    ("acrylic_acid", "C=CC(=O)O", 1, "train"),
+    ("propionic_acid", "CCC(=O)O", 1, "test"),
+    ("methyl_acetate", "CC(=O)OC", 1, "train"),
+    ("ethyl_formate", "CCOC=O", 1, "train"),
+    ("dimethylformamide", "CN(C)C=O", 1, "train"),
+    ("propionitrile", "CCC#N", 1, "train"),
+    ("vinylacetylene", "C=CC#C", 1, "test"),
+    ("butadiene", "C=CC=C", 1, "train"),
+    ("cyclopropane", "C1CC1", 1, "train"),
+    ("cyclobutene", "C1=CCC1", 1, "train"),
+    ("oxetane", "C1COC1", 1, "test"),
+    ("cyclopropanone", "O=C1CC1", 1, "train"),
+    ("ethyl_methyl_ether", "CCOC", 1, "train"),
+    ("allyl_alcohol", "C=CCO", 1, "train"),
+    ("isobutene", "C=C(C)C", 1, "test"),
+    ("trans_2_butene", "C/C=C/C", 1, "train"),
+    ("dimethoxymethane", "COCOC", 1, "train"),
+    ("furan", "c1ccoc1", 1, "train"),
+    ("pyrrole", "c1cc[nH]c1", 1, "test"),
+    ("imidazole", "c1c[nH]cn1", 1, "train"),
+    ("pyrazole", "c1cn[nH]c1", 1, "train"),
+    ("oxazole", "c1cocn1", 1, "train"),
+    ("isoxazole", "c1cnoc1", 1, "test"),
+    ("furazan", "c1cnon1", 1, "train"),
+    ("triazole", "c1c[nH]nn1", 1, "train"),
+    ("tetrazole", "c1nnn[nH]1", 1, "train"),
+    ("cyclopentadiene", "C1=CCC=C1", 1, "train"),
+    ("trimethylamine", "CN(C)C", 1, "train"),
+    ("isopropanol", "CC(C)O", 1, "test"),
+    ("cyclobutanone", "O=C1CCC1", 1, "train"),
+    ("butanone", "CCC(C)=O", 1, "train"),
+    ("pyridine", "c1ccncc1", 1, "train"),
+    ("pyrimidine", "c1cncnc1", 1, "test"),
+    ("benzene", "c1ccccc1", 1, "train"),
+    # radicals whose cation and anion are closed-shell singlets (no aminyl, alkoxyl, peroxyl or
+    # cyano radicals: their cations' ground states are triplets or in doubt)
+    ("nitroxide", "N[O]", 2, "train"),
+    ("aminomethyl", "N[CH2]", 2, "train"),
+    ("hydroxycarbonyl", "O[C]=O", 2, "test"),
+    ("propargyl", "C#C[CH2]", 2, "train"),
+    ("hydroxyethyl", "C[CH]O", 2, "train"),
+    ("methoxymethyl", "CO[CH2]", 2, "test"),
+    ("isopropyl", "C[CH]C", 2, "train"),
+    ("propionyl", "CC[C]=O", 2, "train"),
+    ("dimethylnitroxide", "CN(C)[O]", 2, "test"),
+    ("methylallyl", "C=C(C)[CH2]", 2, "train"),
+    ("tert_butyl", "C[C](C)C", 2, "train"),
 )
 
 
@@ -106,22 +223,48 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def sample(store: Path, molecules=MOLECULES, count: int = CONFORMERS) -> list[Conformer]:
-    """Neutral-state normal-mode samples (GFN2-xTB minima of the neutral, its multiplicity)."""
-    specs = [MoleculeSpec(name, smiles, count, split, mult) for name, smiles, mult, split in molecules]
-    out = sample_molecules(specs, TEMPERATURE, seed=SEED, num_embed=NUM_EMBED, log=_log)
-    save_conformers(store / "conformers.json", out)
+def conformer_counts(molecules=MOLECULES) -> dict[str, int]:
+    """Samples per molecule: CONFORMERS for the first build's molecules, ADDED_CONFORMERS for the rest."""
+    first = {name for name, *_ in MOLECULES[:FIRST_BUILD]}
+    return {name: CONFORMERS if name in first else ADDED_CONFORMERS for name, *_ in molecules}
+
+
+def sample(store: Path, molecules=MOLECULES, counts: dict[str, int] | None = None) -> list[Conformer]:
+    """Neutral-state normal-mode samples (GFN2-xTB minima of the neutral, its multiplicity).
+
+    Adds to ``STORE/conformers.json``: a molecule already there with its planned number of
+    samples is kept as it is, the others are sampled (``counts``, default
+    :func:`conformer_counts`); molecules no longer in ``molecules`` are dropped. The sampler's
+    random stream is seeded per molecule name, so sampling molecules in several runs gives the
+    same geometries as one run.
+    """
+    counts = conformer_counts(molecules) if counts is None else counts
+    path = store / "conformers.json"
+    have: dict[str, list[Conformer]] = {}
+    for c in load_conformers(path) if path.exists() else []:
+        have.setdefault(c.name, []).append(c)
+    out, specs = [], []
+    for name, smiles, mult, split in molecules:
+        if len(have.get(name, ())) == counts[name]:
+            out += have[name]
+        else:
+            specs.append(MoleculeSpec(name, smiles, counts[name], split, mult))
+    out += sample_molecules(specs, TEMPERATURE, seed=SEED, num_embed=NUM_EMBED, log=_log)
+    save_conformers(path, out)
     return out
 
 
 def charge_states(conformers: list[Conformer]) -> list[Conformer]:
     """Each neutral geometry at charges -1, 0, +1 (same coordinates), ordered for a useful partial run.
 
-    Order: sample index, then molecule size, then name, then charge (-1, 0, +1), so the three
-    states of one geometry are labelled one after the other.
+    Order: sample index, then cost (heavy atoms, then atoms: a heavy atom brings ~10 times the
+    basis functions of a hydrogen), then name, then charge (-1, 0, +1), so the three states of
+    one geometry are labelled one after the other and a run stopped early has the most
+    molecules it could have.
     """
     out = []
-    for c in sorted(conformers, key=lambda c: (c.info["sample"], len(c.numbers), c.name)):
+    for c in sorted(conformers, key=lambda c: (c.info["sample"], int(np.sum(np.asarray(c.numbers) > 1)),
+                                               len(c.numbers), c.name)):
         for q, state in STATES:
             info = dict(c.info, state=state, neutral_multiplicity=int(c.multiplicity))
             out.append(Conformer(c.name, c.numbers, c.positions, q, state_multiplicity(c.multiplicity, q), info))

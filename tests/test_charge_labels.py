@@ -126,7 +126,7 @@ def test_committed_charge_set_layout_and_sum_rules():
     from phai.data import read_ani_h5
 
     states = {"anion": -1, "neutral": 0, "cation": 1}
-    triples = 0
+    triples, geometries = 0, {}
     with h5py.File(DATA) as f:
         assert f.attrs["level"] == "uwb97x/6-31+g*/df"
         for name in f:
@@ -154,9 +154,12 @@ def test_committed_charge_set_layout_and_sum_rules():
                 assert np.isfinite(g["wb97x_pd.forces"][()][ok]).all()
             both = finite[0] & finite[1] & finite[2]
             triples += int(both.sum())
+            geometries[len(x0)] = geometries.get(len(x0), 0) + 1
             e = {s: mol[s]["wb97x_pd.energy"][()][both] for s in states}
             assert np.all(e["cation"] > e["neutral"])  # a positive vertical IP for every geometry
-    assert triples == 132  # the complete build: 33 molecules x 4 geometries
+    # ragged: the first build's 33 molecules have 4 geometries, the second build's 60 one each
+    assert geometries == {4: 33, 1: 60}
+    assert triples == 192  # all complete: 33 x 4 + 60 x 1
     c = read_ani_h5(DATA, "wb97x_pd.energy", "wb97x_pd.forces", properties=("charge", "wb97x_pd.charges"))
     assert len(c) >= 3 * triples
 
