@@ -36,8 +36,10 @@ members and the standard deviation with ``ddof = 1``, as the TorchScript file.
 Where phai differs from the file, deliberately: the local terms use a neighbor list within
 ``r_c`` instead of the dense ``N x N`` matrix (exact: pairs beyond ``r_c`` contribute 0), and
 the AEV x feature contractions run as a scan over the neighbor slots with a hand-written,
-scatter-free reverse pass (:func:`neighbor_contract`; the plain gather form stays available
-with ``fast=False`` for derivatives beyond the first); the
+scatter-free reverse pass (:func:`slot_contract`; the plain gather form stays available
+with ``fast=False`` for derivatives beyond the first), the first pass's contraction (features
+of the species alone) goes through per-species sums of the pair basis, and what does not
+depend on the member (pair basis, its species sums, D3) is computed once per call; the
 long-range terms are summed in row blocks (``O(block N)`` memory); the D3 weights are
 factorised (see :mod:`phai.physics.dispersion`); the TorchScript module rounds coordinates
 and charge to float32 even in double precision, phai does not. In float32, :class:`AIMNet2`
