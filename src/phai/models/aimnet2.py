@@ -312,13 +312,13 @@ def _contract_vjp_fwd(x, basis_t, neighbors_t):
 def _contract_vjp_bwd(res, dw):
     x, basis_t, neighbors_t = res
     sign = jnp.asarray(_PAIR_SIGN[:basis_t.shape[-1]], dtype=basis_t.dtype)
-    # Shell-major layouts (xt [N, G, F], dwt [N, G, C, F]): both reductions are then batched dots over
-    # (atom, shell) that read the gathered rows as they lie (no per-step transposes), which
-    # XLA:CPU runs ~2x faster than the same sums in the forward pass's layout.
-    # The barrier keeps XLA from folding these transposes into the dots below, which it would
-    # otherwise do, contracting over a minor axis of length C = 4 (10x slower per step).
+    # Shell-major layouts (xt [N, G, F], dwt [N, G, C, F], materialised once before the scan):
+    # both reductions are then batched dots over (atom, shell) that read the gathered rows as
+    # they lie. The basis is the *left* operand of the dx dot: with the other order XLA:CPU
+    # re-laid the gathered rows to contract a minor axis of length C = 4, 10x slower per step.
     xt, dwt = jax.lax.optimization_barrier((jnp.swapaxes(x, 1, 2), jnp.transpose(dw, (0, 2, 3, 1))))
     batch = ((0, 1), (0, 1))
+    nc = basis_t.shape[-1]
 
     def step(dx, inp):
         idx, bk = inp                                              # [N], [N, G, C] (signed)
@@ -326,6 +326,14 @@ def _contract_vjp_bwd(res, dw):
         db = jax.lax.dot_general(dwt, _take_rows(xt, idx), (((3,), (2,)), batch))        # [N, G, C]
         return dx, db
 
+    def step_one_channel(dx, inp):                                 # F = 1 (the charges): no dots
+        idx, bk = inp
+        dwj = _take_rows(dwt, idx)[..., 0]                         # [N, G, C]
+        dx = dx + sum(bk[..., c] * dwj[..., c] for c in range(nc))[..., None]
+        return dx, dwt[..., 0] * _take_rows(xt, idx)
+
+    if x.shape[1] == 1:
+        step = step_one_channel
     dxt, db = jax.lax.scan(step, jnp.zeros_like(xt), (neighbors_t, basis_t * sign[None, None, None, :]))
     return jnp.swapaxes(dxt, 1, 2), db.astype(basis_t.dtype), None
 
