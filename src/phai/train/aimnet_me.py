@@ -354,7 +354,7 @@ def _state_key(tag: str, numbers, positions, charge: int, multiplicity: int) -> 
     import hashlib
 
     h = hashlib.sha1(tag.encode() + np.asarray(numbers, np.int64).tobytes()
-                     + np.round(np.asarray(positions, np.float64), 8).tobytes()
+                     + np.ascontiguousarray(positions, np.float64).tobytes()
                      + np.asarray([charge, multiplicity], np.int64).tobytes())
     return h.hexdigest()
 
@@ -379,7 +379,8 @@ def base_state_predictions(cs: ChargeSet, base, cache=None, tag: str | None = No
     multiplicity).
 
     ``cache``: an ``.npz`` file of earlier predictions, keyed by a hash of ``tag`` (default the
-    model's name and precision), the atomic numbers, the positions (rounded to 1e-8 Å), the
+    model's name and precision), the atomic numbers, the positions (their exact float64 bits: positions that differ at all, e.g. the same
+    geometry rounded by a text format, are different states), the
     charge and the multiplicity; states not in it are evaluated and the file is rewritten
     atomically. Each label is evaluated once however many runs (folds, seeds) use it.
     """
