@@ -496,6 +496,28 @@ def local_geometry(positions, species, neighbors, atom_mask, shared, *, cfg: AIM
     return basis_t, species_neighbor_basis(basis_t, species, neighbors.T, atom_mask, len(cfg.elements))
 
 
+def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: AIMNet2Config,
+            include_shifts: bool, block_size: int | None):
+    """The three message passes, the energy head and the Coulomb term, shared by the fast and the
+    plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
+    the first pass). Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    maskf = atom_mask.astype(positions.dtype)
+    q = None
+    for k in range(2):
+        y = mlp(params["mlp"][k], inputs(a, q), cfg.final_gelu[k]) * maskf[:, None]
+        qu = y[:, 0] if q is None else q + y[:, 0]
+        q = nqe(q_total, qu, y[:, 1], eps=cfg.nqe_eps)
+        a = a + y[:, 2:].reshape(a.shape)
+    aim = mlp(params["mlp"][2], inputs(a, q), cfg.final_gelu[2]) * maskf[:, None]
+    e_atom = mlp(params["energy"], aim, False)[:, 0]
+    if include_shifts:
+        e_atom = e_atom + params["shift"][species]
+    e_local = jnp.sum(e_atom * maskf)
+    e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
+                            half_ke=cfg.half_ke, block_size=block_size)
+    return e_local + e_coul, q, e_coul
+
+
 def member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask, total_charge, *,
                         cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None):
     """One member's energy without the (member-independent) D3 term, from :func:`local_geometry`.
@@ -519,20 +541,9 @@ def member_energy_local(params, shared, geometry, positions, species, neighbors,
         return jnp.concatenate([a.reshape(n, -1), conv_features_fast(a, basis_t, params["agh_a"], neighbors_t),
                                 q[:, None], conv_charges_fast(q, basis_t, params["agh_q"], neighbors_t)], axis=-1)
 
-    q = None
-    for k in range(2):
-        y = mlp(params["mlp"][k], inputs(a, q), cfg.final_gelu[k]) * maskf[:, None]
-        qu = y[:, 0] if q is None else q + y[:, 0]
-        q = nqe(q_total, qu, y[:, 1], eps=cfg.nqe_eps)
-        a = a + y[:, 2:].reshape(a.shape)
-    aim = mlp(params["mlp"][2], inputs(a, q), cfg.final_gelu[2]) * maskf[:, None]
-    e_atom = mlp(params["energy"], aim, False)[:, 0]
-    if include_shifts:
-        e_atom = e_atom + params["shift"][species]
-    e_local = jnp.sum(e_atom * maskf)
-    e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
-                            half_ke=cfg.half_ke, block_size=block_size)
-    return e_local + e_coul, {"charges": q, "coulomb": e_coul}
+    e, q, e_coul = _passes(params, inputs, a, q_total, positions, species, atom_mask, cfg=cfg,
+                           include_shifts=include_shifts, block_size=block_size)
+    return e, {"charges": q, "coulomb": e_coul}
 
 
 def member_energy(params, shared, positions, species, neighbors, atom_mask, total_charge, *,
@@ -576,20 +587,9 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
             x += [q[:, None], conv_charges(q, gs, gv, params["agh_q"], neighbors)]
         return jnp.concatenate(x, axis=-1)
 
-    q = None
-    for k in range(2):
-        y = mlp(params["mlp"][k], inputs(a, q), cfg.final_gelu[k]) * maskf[:, None]
-        qu = y[:, 0] if q is None else q + y[:, 0]
-        q = nqe(q_total, qu, y[:, 1], eps=cfg.nqe_eps)
-        a = a + y[:, 2:].reshape(a.shape)
-    aim = mlp(params["mlp"][2], inputs(a, q), cfg.final_gelu[2]) * maskf[:, None]
-    e_atom = mlp(params["energy"], aim, False)[:, 0]
-    if include_shifts:
-        e_atom = e_atom + params["shift"][species]
-    e_local = jnp.sum(e_atom * maskf)
-    e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
-                            half_ke=cfg.half_ke, block_size=block_size)
-    return e_local + e_coul + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
+    e, q, e_coul = _passes(params, inputs, a, q_total, positions, species, atom_mask, cfg=cfg,
+                           include_shifts=include_shifts, block_size=block_size)
+    return e + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
 
 
 def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
