@@ -176,14 +176,239 @@ MOLECULES: tuple[tuple[str, str, int, str], ...] = (
     ("propionyl", "CC[C]=O", 2, "train"),
     ("dimethylnitroxide", "CN(C)[O]", 2, "test"),
     ("methylallyl", "C=C(C)[CH2]", 2, "train"),
+    # second build, continued: planned then, labelled in the third session (heteroaromatics,
+    # 5-heavy-atom acids/esters, tert-butyl)
+    ("oxalic_acid", "OC(=O)C(=O)O", 1, "train"),
+    ("malononitrile", "N#CCC#N", 1, "train"),
+    ("glycolic_acid", "OCC(=O)O", 1, "train"),
+    ("methyl_carbamate", "COC(N)=O", 1, "test"),
+    ("nitroethane", "CC[N+](=O)[O-]", 1, "test"),
+    ("methylglyoxal", "CC(=O)C=O", 1, "train"),
+    ("acrylic_acid", "C=CC(=O)O", 1, "train"),
+    ("propionic_acid", "CCC(=O)O", 1, "test"),
+    ("methyl_acetate", "CC(=O)OC", 1, "train"),
+    ("ethyl_formate", "CCOC=O", 1, "train"),
+    ("dimethylformamide", "CN(C)C=O", 1, "train"),
+    ("dimethoxymethane", "COCOC", 1, "train"),
+    ("furan", "c1ccoc1", 1, "train"),
+    ("pyrrole", "c1cc[nH]c1", 1, "test"),
+    ("imidazole", "c1c[nH]cn1", 1, "train"),
+    ("pyrazole", "c1cn[nH]c1", 1, "train"),
+    ("oxazole", "c1cocn1", 1, "train"),
+    ("isoxazole", "c1cnoc1", 1, "test"),
+    ("furazan", "c1cnon1", 1, "train"),
+    ("triazole", "c1c[nH]nn1", 1, "train"),
+    ("tetrazole", "c1nnn[nH]1", 1, "train"),
+    ("cyclopentadiene", "C1=CCC=C1", 1, "train"),
+    ("trimethylamine", "CN(C)C", 1, "train"),
+    ("cyclobutanone", "O=C1CCC1", 1, "train"),
+    ("butanone", "CCC(C)=O", 1, "train"),
+    ("pyridine", "c1ccncc1", 1, "train"),
+    ("pyrimidine", "c1cncnc1", 1, "test"),
+    ("benzene", "c1ccccc1", 1, "train"),
+    ("tert_butyl", "C[C](C)C", 2, "train"),
+    # third build (one geometry each): more closed shells for spread in IP/EA (peroxides, hydrazines,
+    # hydroxy acids, N/O heterocycles and lactones/lactams, alkenes/alkynes/polyenes, amines,
+    # alcohols/ethers, carbonyls/esters/amides, nitro/nitroso/azo/azides, a few benzenes) and radicals
+    # whose cation and anion are closed-shell singlets (alkyl, alpha-amino/-oxy alkyl, allylic,
+    # acyl, vinylic, benzyl, cyanomethyl, a nitroxide)
+    ("formyl_cyanide", "O=CC#N", 1, "train"),
+    ("cyanic_acid", "OC#N", 1, "train"),
+    ("methyl_cyanate", "COC#N", 1, "train"),
+    ("nitrosyl_cyanide", "O=NC#N", 1, "train"),
+    ("glycolonitrile", "N#CCO", 1, "test"),
+    ("methylhydrazine", "CNN", 1, "train"),
+    ("dimethylhydrazine", "CN(C)N", 1, "train"),
+    ("methyl_hydroperoxide", "COO", 1, "train"),
+    ("dimethyl_peroxide", "COOC", 1, "train"),
+    ("performic_acid", "O=COO", 1, "test"),
+    ("hydroxyurea", "NC(=O)NO", 1, "train"),
+    ("semicarbazide", "NNC(N)=O", 1, "train"),
+    ("oxamide", "NC(=O)C(N)=O", 1, "train"),
+    ("glyoxylic_acid", "O=CC(=O)O", 1, "train"),
+    ("pyruvic_acid", "CC(=O)C(=O)O", 1, "test"),
+    ("lactic_acid", "CC(O)C(=O)O", 1, "train"),
+    ("glycerol", "OCC(O)CO", 1, "train"),
+    ("glyceraldehyde", "OCC(O)C=O", 1, "train"),
+    ("dihydroxyacetone", "OCC(=O)CO", 1, "train"),
+    ("hydroxyacetone", "CC(=O)CO", 1, "test"),
+    ("methoxyacetaldehyde", "COCC=O", 1, "train"),
+    ("ethyl_nitrite", "CCON=O", 1, "train"),
+    ("methyl_nitrate", "CO[N+](=O)[O-]", 1, "train"),
+    ("nitroethylene", "C=C[N+](=O)[O-]", 1, "train"),
+    ("pyrazine", "c1cnccn1", 1, "test"),
+    ("pyridazine", "c1ccnnc1", 1, "train"),
+    ("triazine", "c1ncncn1", 1, "train"),
+    ("pyrrolidine", "C1CCNC1", 1, "train"),
+    ("tetrahydrofuran", "C1CCOC1", 1, "train"),
+    ("morpholine", "C1COCCN1", 1, "test"),
+    ("piperazine", "C1CNCCN1", 1, "train"),
+    ("dioxane", "C1COCCO1", 1, "train"),
+    ("cyclopentanone", "O=C1CCCC1", 1, "train"),
+    ("cyclopentene", "C1=CCCC1", 1, "train"),
+    ("cyclopentane", "C1CCCC1", 1, "test"),
+    ("azetidine", "C1CNC1", 1, "train"),
+    ("cyclobutane", "C1CCC1", 1, "train"),
+    ("methylenecyclopropane", "C=C1CC1", 1, "train"),
+    ("bicyclobutane", "C1C2CC12", 1, "train"),
+    ("oxazoline", "C1COC=N1", 1, "test"),
+    ("pyrrolidone", "O=C1CCCN1", 1, "train"),
+    ("succinimide", "O=C1CCC(=O)N1", 1, "train"),
+    ("maleimide", "O=C1C=CC(=O)N1", 1, "train"),
+    ("maleic_anhydride", "O=C1OC(=O)C=C1", 1, "train"),
+    ("butyrolactone", "O=C1CCCO1", 1, "test"),
+    ("propiolactone", "O=C1CCO1", 1, "train"),
+    ("oxazolidinone", "O=C1NCCO1", 1, "train"),
+    ("triazole_124", "c1nc[nH]n1", 1, "train"),
+    ("pyridone", "O=c1cccc[nH]1", 1, "train"),
+    ("butene_1", "C=CCC", 1, "test"),
+    ("cis_2_butene", "C/C=C\\C", 1, "train"),
+    ("butyne_1", "C#CCC", 1, "train"),
+    ("butyne_2", "CC#CC", 1, "train"),
+    ("pentadiene_13", "C/C=C/C=C", 1, "train"),
+    ("isoprene", "C=CC(C)=C", 1, "test"),
+    ("pentadiene_14", "C=CCC=C", 1, "train"),
+    ("butatriene", "C=C=C=C", 1, "train"),
+    ("hexatriene", "C=C/C=C/C=C", 1, "train"),
+    ("propiolaldehyde", "C#CC=O", 1, "train"),
+    ("propiolic_acid", "C#CC(=O)O", 1, "test"),
+    ("propargyl_alcohol", "C#CCO", 1, "train"),
+    ("dicyanoacetylene", "N#CC#CC#N", 1, "train"),
+    ("fumaronitrile", "N#C/C=C/C#N", 1, "train"),
+    ("crotonaldehyde", "C/C=C/C=O", 1, "train"),
+    ("methacrolein", "C=C(C)C=O", 1, "test"),
+    ("methyl_vinyl_ketone", "C=CC(C)=O", 1, "train"),
+    ("acrylamide", "C=CC(N)=O", 1, "train"),
+    ("vinylamine", "C=CN", 1, "train"),
+    ("n_vinylformamide", "C=CNC=O", 1, "train"),
+    ("divinyl_ether", "C=COC=C", 1, "test"),
+    ("ethyl_vinyl_ether", "C=COCC", 1, "train"),
+    ("propylamine", "CCCN", 1, "train"),
+    ("isopropylamine", "CC(C)N", 1, "train"),
+    ("methylethylamine", "CCNC", 1, "train"),
+    ("cyclopropylamine", "NC1CC1", 1, "test"),
+    ("allylamine", "C=CCN", 1, "train"),
+    ("propargylamine", "C#CCN", 1, "train"),
+    ("tert_butylamine", "CC(C)(C)N", 1, "train"),
+    ("propanol", "CCCO", 1, "train"),
+    ("tert_butanol", "CC(C)(C)O", 1, "test"),
+    ("diethyl_ether", "CCOCC", 1, "train"),
+    ("methoxyethanol", "COCCO", 1, "train"),
+    ("dimethoxyethane", "COCCOC", 1, "train"),
+    ("cyclopropanol", "OC1CC1", 1, "train"),
+    ("allyl_methyl_ether", "C=CCOC", 1, "test"),
+    ("butanal", "CCCC=O", 1, "train"),
+    ("isobutyraldehyde", "CC(C)C=O", 1, "train"),
+    ("pentan_3_one", "CCC(=O)CC", 1, "train"),
+    ("biacetyl", "CC(=O)C(C)=O", 1, "train"),
+    ("methyl_acrylate", "C=CC(=O)OC", 1, "test"),
+    ("vinyl_acetate", "CC(=O)OC=C", 1, "train"),
+    ("acetic_anhydride", "CC(=O)OC(C)=O", 1, "train"),
+    ("acetyl_cyanide", "CC(=O)C#N", 1, "train"),
+    ("ethyl_acetate", "CCOC(C)=O", 1, "train"),
+    ("dimethylacetamide", "CN(C)C(C)=O", 1, "test"),
+    ("n_methylacetamide", "CNC(C)=O", 1, "train"),
+    ("propanamide", "CCC(N)=O", 1, "train"),
+    ("formylhydrazine", "NNC=O", 1, "train"),
+    ("diformamide", "O=CNC=O", 1, "train"),
+    ("alanine", "CC(N)C(=O)O", 1, "test"),
+    ("beta_alanine", "NCCC(=O)O", 1, "train"),
+    ("sarcosine", "CNCC(=O)O", 1, "train"),
+    ("glycinamide", "NCC(N)=O", 1, "train"),
+    ("malonic_acid", "OC(=O)CC(=O)O", 1, "train"),
+    ("dimethyl_carbonate", "COC(=O)OC", 1, "test"),
+    ("nitrosodimethylamine", "CN(C)N=O", 1, "train"),
+    ("azomethane", "C/N=N/C", 1, "train"),
+    ("methyl_azide", "CN=[N+]=[N-]", 1, "train"),
+    ("nitropropane_2", "CC(C)[N+](=O)[O-]", 1, "train"),
+    ("cyanoformamide", "NC(=O)C#N", 1, "test"),
+    ("acetamidine", "CC(N)=N", 1, "train"),
+    ("dimethylurea", "CNC(=O)NC", 1, "train"),
+    ("methylurea", "CNC(N)=O", 1, "train"),
+    ("acetohydroxamic_acid", "CC(=O)NO", 1, "train"),
+    ("acetone_oxime", "CC(C)=NO", 1, "test"),
+    ("cyanoguanidine", "N#CN=C(N)N", 1, "train"),
+    ("succinonitrile", "N#CCCC#N", 1, "train"),
+    ("acetone_cyanohydrin", "CC(C)(O)C#N", 1, "train"),
+    ("aminopropionitrile", "NCCC#N", 1, "train"),
+    ("ethyl_isocyanide", "CC[N+]#[C-]", 1, "test"),
+    ("phenol", "Oc1ccccc1", 1, "train"),
+    ("aniline", "Nc1ccccc1", 1, "train"),
+    ("toluene", "Cc1ccccc1", 1, "train"),
+    ("benzonitrile", "N#Cc1ccccc1", 1, "train"),
+    ("furfural", "O=Cc1ccco1", 1, "test"),
+    ("cyanomethyl", "N#C[CH2]", 2, "train"),
+    ("propyl", "CC[CH2]", 2, "train"),
+    ("sec_butyl", "CC[CH]C", 2, "train"),
+    ("cyclopropyl", "[CH]1CC1", 2, "train"),
+    ("cyclopropylmethyl", "[CH2]C1CC1", 2, "test"),
+    ("pentadienyl", "C=CC=C[CH2]", 2, "train"),
+    ("hydroxyisopropyl", "C[C](C)O", 2, "train"),
+    ("dimethylaminomethyl", "CN(C)[CH2]", 2, "train"),
+    ("methylaminomethyl", "CN[CH2]", 2, "train"),
+    ("aminoethyl", "C[CH]N", 2, "test"),
+    ("methylallyl_1", "C=C[CH]C", 2, "train"),
+    ("acryloyl", "C=C[C]=O", 2, "train"),
+    ("butanoyl", "CCC[C]=O", 2, "train"),
+    ("isobutyryl", "CC(C)[C]=O", 2, "train"),
+    ("methylnitroxide", "CN[O]", 2, "test"),
+    ("methoxyethyl", "C[CH]OC", 2, "train"),
+    ("isopropenyl", "C=[C]C", 2, "train"),
+    ("propenyl", "C/C=[CH]", 2, "train"),
+    ("benzyl", "[CH2]c1ccccc1", 2, "train"),
 )
 
 
-def state_multiplicity(neutral_multiplicity: int, charge: int) -> int:
-    """Lowest sensible multiplicity: neutral as given; ions of a singlet are doublets, of a doublet singlets."""
+# Ions whose ground multiplicity is not the rule's (checked at this level on every geometry):
+# CH3O+ is a triplet (3A2-like, O lone pairs half-filled): UKS triplet below the singlet by
+# 0.31, 0.39, 0.91 and 0.66 eV on the four methoxy geometries (3 Dec 2026, third session).
+ION_MULTIPLICITY: dict[tuple[str, int], int] = {("methoxy", 1): 3}
+
+
+def state_multiplicity(neutral_multiplicity: int, charge: int, name: str | None = None) -> int:
+    """Lowest multiplicity of a state: neutral as given; ions of a singlet are doublets, of a
+    doublet singlets, except the ions listed in :data:`ION_MULTIPLICITY` (by molecule name)."""
     if charge == 0:
         return neutral_multiplicity
+    if (name, charge) in ION_MULTIPLICITY:
+        return ION_MULTIPLICITY[(name, charge)]
     return {1: 2, 2: 1}[neutral_multiplicity]
+
+
+def check_molecules(molecules=MOLECULES) -> None:
+    """Refuse a molecule list with an error naming the entry: unparsable SMILES, elements other
+    than H, C, N, O, a formal net charge, a radical count that is not multiplicity - 1, a
+    multiplicity that does not fit the electron count, a duplicate name, or the same molecule
+    (canonical SMILES) twice. Run by ``sample``."""
+    from rdkit import Chem
+    from rdkit.Chem import Descriptors
+
+    names, seen = set(), {}
+    for name, smiles, mult, split in molecules:
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            raise ValueError(f"{name}: RDKit cannot parse SMILES {smiles!r}")
+        if name in names:
+            raise ValueError(f"{name}: listed twice")
+        names.add(name)
+        canonical = Chem.MolToSmiles(mol)
+        if canonical in seen:
+            raise ValueError(f"{name}: the same molecule as {seen[canonical]} ({canonical})")
+        seen[canonical] = name
+        molh = Chem.AddHs(mol)
+        other = {a.GetSymbol() for a in molh.GetAtoms()} - {"H", "C", "N", "O"}
+        if other:
+            raise ValueError(f"{name}: elements {sorted(other)} outside H, C, N, O")
+        if Chem.GetFormalCharge(mol) != 0:
+            raise ValueError(f"{name}: net formal charge {Chem.GetFormalCharge(mol)}; the neutral is sampled")
+        radicals = Descriptors.NumRadicalElectrons(mol)
+        if radicals != mult - 1:
+            raise ValueError(f"{name}: {radicals} radical electrons in {smiles!r} but multiplicity {mult}")
+        electrons = sum(a.GetAtomicNum() for a in molh.GetAtoms())
+        if (electrons + mult - 1) % 2:
+            raise ValueError(f"{name}: multiplicity {mult} does not fit {electrons} electrons")
+        if split not in ("train", "test"):
+            raise ValueError(f"{name}: split {split!r} is not train or test")
 
 
 def labeller() -> PySCFUKSLabeller:
@@ -209,6 +434,7 @@ def sample(store: Path, molecules=MOLECULES, counts: dict[str, int] | None = Non
     random stream is seeded per molecule name, so sampling molecules in several runs gives the
     same geometries as one run.
     """
+    check_molecules(molecules)
     counts = conformer_counts(molecules) if counts is None else counts
     path = store / "conformers.json"
     have: dict[str, list[Conformer]] = {}
@@ -238,7 +464,8 @@ def charge_states(conformers: list[Conformer]) -> list[Conformer]:
                                                len(c.numbers), c.name)):
         for q, state in STATES:
             info = dict(c.info, state=state, neutral_multiplicity=int(c.multiplicity))
-            out.append(Conformer(c.name, c.numbers, c.positions, q, state_multiplicity(c.multiplicity, q), info))
+            out.append(Conformer(c.name, c.numbers, c.positions, q, state_multiplicity(c.multiplicity, q, c.name),
+                                 info))
     return out
 
 
@@ -260,7 +487,9 @@ def export(store: Path, out_path: Path, level: str | None = None, molecules=MOLE
 
     level = level or labeller().level
     names = {name for name, *_ in molecules}
-    recs = [r for r in load_records(store, level=level) if r["name"] in names]
+    recs = [r for r in load_records(store, level=level) if r["name"] in names
+            and r["multiplicity"] == state_multiplicity(int(r["info"]["neutral_multiplicity"]), int(r["charge"]),
+                                                        r["name"])]    # not labels of a superseded multiplicity
     by_mol: dict[str, dict] = {}
     for r in recs:
         geom = np.round(np.asarray(r["positions"], np.float64), 8).tobytes()
@@ -289,7 +518,7 @@ def export(store: Path, out_path: Path, level: str | None = None, molecules=MOLE
             stats["geometries"] += c
             stats["complete_triples"] += sum(len(g["states"]) == len(STATES) for g in geoms)
             for q, state in STATES:
-                mult = state_multiplicity(int(m["info"]["neutral_multiplicity"]), q)
+                mult = state_multiplicity(int(m["info"]["neutral_multiplicity"]), q, name)
                 grp = mol.create_group(state)
                 grp.attrs["charge"] = q
                 grp.attrs["multiplicity"] = mult

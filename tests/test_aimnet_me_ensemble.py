@@ -144,3 +144,27 @@ def test_bad_ensemble_folders_are_clear_errors(runs, tmp_path):
         save_ensemble(mixed, [mixed / "a", mixed / "b"])
     with pytest.raises(phai.InputError, match="charge-blind"):
         me.load_base("ani-1x")
+
+
+def test_base_cache_is_keyed_by_code_version(states, tmp_path, monkeypatch, x64):
+    # predictions cached by other code (an older phai, uncommitted edits) must not be reused:
+    # the key carries a fingerprint of the base's source files, and a rewrite drops stale entries
+    base = phai.load(BASE, precision="float64")
+    two = states.subset(np.arange(2))
+    cache = tmp_path / "base.npz"
+    e, _ = me.base_state_predictions(two, base, cache)
+    version = me.code_fingerprint(base)
+    assert len(version) == 12 and version == me.code_fingerprint(phai.load(BASE, precision="float32"))
+    with np.load(cache) as f:
+        assert len(f.files) == 4 and all(k.startswith(version + "-") for k in f.files)
+    # a stored value from this version is read back, not recomputed
+    with np.load(cache) as f:
+        tampered = {k: (f[k] + 1.0 if k.endswith("/e") else f[k]) for k in f.files}
+    np.savez(cache, **tampered)
+    assert np.allclose(me.base_state_predictions(two, base, cache)[0], e + 1.0, atol=1e-12)
+    # another code version: recomputed, and the stale entries are gone from the file
+    monkeypatch.setattr(me, "code_fingerprint", lambda obj: "0123456789ab")
+    again, _ = me.base_state_predictions(two, base, cache)
+    np.testing.assert_allclose(again, e, atol=1e-9)
+    with np.load(cache) as f:
+        assert len(f.files) == 4 and all(k.startswith("0123456789ab-") for k in f.files)

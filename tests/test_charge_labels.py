@@ -118,6 +118,38 @@ def test_level_parsing_and_store_roundtrip(tmp_path):
 
 
 DATA = Path(__file__).parent / "data" / "charge_labels" / "charge_labels.h5"
+RECIPE_SCRIPT = Path(__file__).parents[1] / "scripts" / "make_charge_dataset.py"
+ION_MULTIPLICITY = {("methoxy", 1): 3}   # CH3O+ is a triplet (RECIPE.md)
+
+
+def _recipe():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_charge_dataset", RECIPE_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_molecules_are_valid_and_the_file_holds_them():
+    pytest.importorskip("rdkit")
+    h5py = pytest.importorskip("h5py")
+    recipe = _recipe()
+    recipe.check_molecules()                       # CHNO, radicals = multiplicity - 1, no duplicates
+    assert recipe.ION_MULTIPLICITY == ION_MULTIPLICITY
+    with pytest.raises(ValueError, match="methyl2: the same molecule as methyl"):
+        recipe.check_molecules(recipe.MOLECULES + (("methyl2", "[CH3]", 2, "train"),))
+    with pytest.raises(ValueError, match="1 radical electrons .* but multiplicity 1"):
+        recipe.check_molecules((("methyl", "[CH3]", 1, "train"),))
+    with pytest.raises(ValueError, match="outside H, C, N, O"):
+        recipe.check_molecules((("chloromethane", "CCl", 1, "train"),))
+    spec = {name: (smiles, mult, split) for name, smiles, mult, split in recipe.MOLECULES}
+    with h5py.File(DATA) as f:
+        assert set(f) <= set(spec)
+        for name in f:
+            smiles, mult, split = spec[name]
+            assert (f[name].attrs["smiles"], int(f[name].attrs["neutral_multiplicity"]), f[name].attrs["split"]) == (
+                smiles, mult, split)
 
 
 @pytest.mark.filterwarnings("ignore:.*without finite.*:UserWarning")  # NaN = state not computed
@@ -139,7 +171,9 @@ def test_committed_charge_set_layout_and_sum_rules():
                 z = g["atomic_numbers"][()].astype(int)
                 mult = int(g.attrs["multiplicity"])
                 assert int(g.attrs["charge"]) == q
-                assert mult == (1 if (z.sum() - q) % 2 == 0 else 2)  # lowest multiplicity of each state
+                # the lowest multiplicity of each state: by electron parity, except the ions whose
+                # ground state the labels showed to be higher (the recipe's ION_MULTIPLICITY)
+                assert mult == ION_MULTIPLICITY.get((name, q), 1 if (z.sum() - q) % 2 == 0 else 2)
                 np.testing.assert_array_equal(g["coordinates"][()], x0)  # vertical: same geometries
                 ok = np.isfinite(g["wb97x_pd.energy"][()])
                 finite.append(ok)

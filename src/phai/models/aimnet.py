@@ -252,6 +252,19 @@ class AIMNet(nn.Module):
                 "charges_alpha": qs[:, 0], "charges_beta": qs[:, 1], "aim": aim}
 
 
+def state_outputs(model: AIMNet, params, positions, species, neighbors, atom_mask, total_charge, multiplicity):
+    """``(energy eV, forces [N, 3] eV/Å, q_alpha [N] e, q_beta [N] e)`` of one padded molecule
+    in one charge/spin state: the network energy (self energies not included) and
+    ``-dE/dR``. Pure; the potentials and the trainer jit (and vmap) it."""
+
+    def energy(r):
+        out = model.apply(params, r, species, neighbors, atom_mask, total_charge, multiplicity)
+        return out["energy"], out
+
+    (e, out), g = jax.value_and_grad(energy, has_aux=True)(positions)
+    return e, -g, out["charges_alpha"], out["charges_beta"]
+
+
 def check_state(cfg: AIMNetConfig, numbers, charge, multiplicity) -> None:
     """Host check of a state for an AIMNet(-ME) model: elements, charge state, multiplicity.
 

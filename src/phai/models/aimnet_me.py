@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..structures import bucket
-from .aimnet import AIMNet, check_state
+from .aimnet import AIMNet, check_state, state_outputs
 
 
 @functools.lru_cache(maxsize=16)
@@ -42,17 +42,7 @@ def _state_fn(config_json: str):
     padded molecule, shared by every potential of one architecture (compiled once per shape)."""
     from ..train.aimnet_me import config_from_json
 
-    model = AIMNet(config_from_json(json.loads(config_json)))
-
-    def one(params, R, species, nb, mask, Q, M):
-        def energy(r):
-            out = model.apply(params, r, species, nb, mask, Q, M)
-            return out["energy"], out
-
-        (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
-        return e, -g, out["charges_alpha"], out["charges_beta"]
-
-    return jax.jit(one)
+    return jax.jit(functools.partial(state_outputs, AIMNet(config_from_json(json.loads(config_json)))))
 
 
 class AIMNetMEResult(NamedTuple):

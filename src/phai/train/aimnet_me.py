@@ -81,7 +81,7 @@ from flax import traverse_util
 
 from ..errors import InputError
 from ..geometry import dense_from_pairs, neighbor_pairs
-from ..models.aimnet import AIMNet, AIMNetConfig, check_state
+from ..models.aimnet import AIMNet, AIMNetConfig, check_state, state_outputs
 from ..structures import bucket
 from ..units import HARTREE_TO_EV, HARTREE_TO_KCALMOL
 from . import checkpoint as ckpt
@@ -350,6 +350,29 @@ def load_base(name: str, precision: str = "float64"):
     return base
 
 
+def code_fingerprint(obj) -> str:
+    """12 hex digits of a SHA-1 over the source files of the phai modules that compute ``obj``:
+    the module that defines its class and every phai module whose names it imports. Part of the
+    base-prediction cache key, so that predictions made by other (older, or uncommitted) code are
+    never reused."""
+    import hashlib
+    import inspect
+    import sys
+
+    mod = sys.modules[type(obj).__module__]
+    names = {mod.__name__}
+    for v in vars(mod).values():
+        m = v.__name__ if inspect.ismodule(v) else getattr(v, "__module__", None)
+        if isinstance(m, str) and m.split(".")[0] == "phai":
+            names.add(m)
+    h = hashlib.sha1()
+    for n in sorted(names):
+        f = getattr(sys.modules.get(n), "__file__", None)
+        if f:
+            h.update(n.encode() + Path(f).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _state_key(tag: str, numbers, positions, charge: int, multiplicity: int) -> str:
     import hashlib
 
@@ -378,21 +401,23 @@ def base_state_predictions(cs: ChargeSet, base, cache=None, tag: str | None = No
     state of ``cs`` (its charge and multiplicity; a model without a spin input only checks the
     multiplicity).
 
-    ``cache``: an ``.npz`` file of earlier predictions, keyed by a hash of ``tag`` (default the
-    model's name and precision), the atomic numbers, the positions (their exact float64 bits: positions that differ at all, e.g. the same
-    geometry rounded by a text format, are different states), the
-    charge and the multiplicity; states not in it are evaluated and the file is rewritten
-    atomically. Each label is evaluated once however many runs (folds, seeds) use it.
+    ``cache``: an ``.npz`` file of earlier predictions, keyed by the :func:`code_fingerprint` of
+    ``base`` and a hash of ``tag`` (default the model's name and precision), the atomic numbers,
+    the positions (their exact float64 bits: positions that differ at all, e.g. the same geometry
+    rounded by a text format, are different states), the charge and the multiplicity; states not
+    in it are evaluated and the file is rewritten atomically, without the entries of other code
+    versions. Each label is evaluated once however many runs (folds, seeds) use it.
     """
     from ..atomic import atomic_output
 
     tag = tag or f"{getattr(base, 'name', type(base).__name__)}/{getattr(base, 'precision', None)}"
-    keys = [_state_key(tag, cs.numbers[k], cs.positions[k], int(cs.charge[k]), int(cs.multiplicity[k]))
+    version = code_fingerprint(base) + "-"
+    keys = [version + _state_key(tag, cs.numbers[k], cs.positions[k], int(cs.charge[k]), int(cs.multiplicity[k]))
             for k in range(len(cs))]
     stored = {}
     if cache is not None and Path(cache).is_file():
         with np.load(cache, allow_pickle=False) as f:
-            stored = {k: f[k] for k in f.files}
+            stored = {k: f[k] for k in f.files if k.startswith(version)}
     missing = [k for k in range(len(cs)) if keys[k] + "/e" not in stored]
     for n, k in enumerate(missing):
         r = base(cs.numbers[k], cs.positions[k], charge=int(cs.charge[k]), multiplicity=int(cs.multiplicity[k]))
@@ -702,16 +727,7 @@ def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge
 def predict_fn(model: AIMNet):
     """Jitted ``(params, R, species, nb, mask, Q, M) -> (energy, forces, q_alpha, q_beta)`` over a
     leading batch axis (network energies, eV; self energies not included)."""
-
-    def one(params, R, species, nb, mask, Q, M):
-        def energy(r):
-            out = model.apply(params, r, species, nb, mask, Q, M)
-            return out["energy"], out
-
-        (e, out), g = jax.value_and_grad(energy, has_aux=True)(R)
-        return e, -g, out["charges_alpha"], out["charges_beta"]
-
-    return jax.jit(jax.vmap(one, (None, 0, 0, 0, 0, 0, 0)))
+    return jax.jit(jax.vmap(functools.partial(state_outputs, model), (None, 0, 0, 0, 0, 0, 0)))
 
 
 # ------------------------------------------------------------------------------ trainer
