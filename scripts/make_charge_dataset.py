@@ -274,14 +274,9 @@ MOLECULES: tuple[tuple[str, str, int, str], ...] = (
     ("methoxyethyl", "C[CH]OC", 2, "train"),
     ("isopropenyl", "C=[C]C", 2, "train"),
     ("propenyl", "C/C=[CH]", 2, "train"),
-)
-
-
-# Planned for the third session but not labelled before its deadline (labelling is cheapest-first:
-# these are the costliest, 5-9 heavy atoms, and one whose triple was cut short). Moving an entry
-# back into MOLECULES and rerunning ``sample`` and ``label`` labels it (the sampler is seeded per
-# name; every finished label in the store is reused).
-NOT_LABELLED: tuple[tuple[str, str, int, str], ...] = (
+    # fourth build (one geometry each): 51 of the third build's NOT_LABELLED, cheapest first
+    # (six-membered (hetero)aromatics, five-membered rings, C4-C5 carbonyls, esters, amides, ethers,
+    # dienes, nitriles, and three radicals whose ions were checked to be singlets); the rest stays there
     ("oxalic_acid", "OC(=O)C(=O)O", 1, "train"),
     ("propionic_acid", "CCC(=O)O", 1, "test"),
     ("methyl_acetate", "CC(=O)OC", 1, "train"),
@@ -293,8 +288,6 @@ NOT_LABELLED: tuple[tuple[str, str, int, str], ...] = (
     ("benzene", "c1ccccc1", 1, "train"),
     ("oxamide", "NC(=O)C(N)=O", 1, "train"),
     ("pyruvic_acid", "CC(=O)C(=O)O", 1, "test"),
-    ("lactic_acid", "CC(O)C(=O)O", 1, "train"),
-    ("glycerol", "OCC(O)CO", 1, "train"),
     ("glyceraldehyde", "OCC(O)C=O", 1, "train"),
     ("dihydroxyacetone", "OCC(=O)CO", 1, "train"),
     ("hydroxyacetone", "CC(=O)CO", 1, "test"),
@@ -304,23 +297,13 @@ NOT_LABELLED: tuple[tuple[str, str, int, str], ...] = (
     ("triazine", "c1ncncn1", 1, "train"),
     ("pyrrolidine", "C1CCNC1", 1, "train"),
     ("tetrahydrofuran", "C1CCOC1", 1, "train"),
-    ("morpholine", "C1COCCN1", 1, "test"),
-    ("piperazine", "C1CNCCN1", 1, "train"),
-    ("dioxane", "C1COCCO1", 1, "train"),
-    ("cyclopentanone", "O=C1CCCC1", 1, "train"),
     ("cyclopentene", "C1=CCCC1", 1, "train"),
     ("cyclopentane", "C1CCCC1", 1, "test"),
-    ("pyrrolidone", "O=C1CCCN1", 1, "train"),
-    ("succinimide", "O=C1CCC(=O)N1", 1, "train"),
-    ("maleimide", "O=C1C=CC(=O)N1", 1, "train"),
-    ("maleic_anhydride", "O=C1OC(=O)C=C1", 1, "train"),
     ("butyrolactone", "O=C1CCCO1", 1, "test"),
     ("oxazolidinone", "O=C1NCCO1", 1, "train"),
-    ("pyridone", "O=c1cccc[nH]1", 1, "train"),
     ("pentadiene_13", "C/C=C/C=C", 1, "train"),
     ("isoprene", "C=CC(C)=C", 1, "test"),
     ("pentadiene_14", "C=CCC=C", 1, "train"),
-    ("hexatriene", "C=C/C=C/C=C", 1, "train"),
     ("dicyanoacetylene", "N#CC#CC#N", 1, "train"),
     ("fumaronitrile", "N#C/C=C/C#N", 1, "train"),
     ("methacrolein", "C=C(C)C=O", 1, "test"),
@@ -330,40 +313,61 @@ NOT_LABELLED: tuple[tuple[str, str, int, str], ...] = (
     ("tert_butanol", "CC(C)(C)O", 1, "test"),
     ("diethyl_ether", "CCOCC", 1, "train"),
     ("methoxyethanol", "COCCO", 1, "train"),
-    ("dimethoxyethane", "COCCOC", 1, "train"),
     ("allyl_methyl_ether", "C=CCOC", 1, "test"),
     ("butanal", "CCCC=O", 1, "train"),
     ("isobutyraldehyde", "CC(C)C=O", 1, "train"),
-    ("pentan_3_one", "CCC(=O)CC", 1, "train"),
     ("biacetyl", "CC(=O)C(C)=O", 1, "train"),
+    ("n_methylacetamide", "CNC(C)=O", 1, "train"),
+    ("propanamide", "CCC(N)=O", 1, "train"),
+    ("dimethyl_carbonate", "COC(=O)OC", 1, "test"),
+    ("nitrosodimethylamine", "CN(C)N=O", 1, "train"),
+    ("methylurea", "CNC(N)=O", 1, "train"),
+    ("acetone_oxime", "CC(C)=NO", 1, "test"),
+    ("cyanoguanidine", "N#CN=C(N)N", 1, "train"),
+    ("succinonitrile", "N#CCCC#N", 1, "train"),
+    ("pentadienyl", "C=CC=C[CH2]", 2, "train"),
+    ("butanoyl", "CCC[C]=O", 2, "train"),
+    ("isobutyryl", "CC(C)[C]=O", 2, "train"),
+)
+
+
+# Planned for the third build but not labelled before the fourth build's deadline (labelling is
+# cheapest-first: these are the costliest, 5-9 heavy atoms; the fourth build labelled 51 of the
+# third's 83 and was stopped after a complete triple). Moving an entry
+# back into MOLECULES and rerunning ``sample`` and ``label`` labels it (the sampler is seeded per
+# name; every finished label in the store is reused).
+NOT_LABELLED: tuple[tuple[str, str, int, str], ...] = (
+    ("lactic_acid", "CC(O)C(=O)O", 1, "train"),
+    ("glycerol", "OCC(O)CO", 1, "train"),
+    ("morpholine", "C1COCCN1", 1, "test"),
+    ("piperazine", "C1CNCCN1", 1, "train"),
+    ("dioxane", "C1COCCO1", 1, "train"),
+    ("cyclopentanone", "O=C1CCCC1", 1, "train"),
+    ("pyrrolidone", "O=C1CCCN1", 1, "train"),
+    ("succinimide", "O=C1CCC(=O)N1", 1, "train"),
+    ("maleimide", "O=C1C=CC(=O)N1", 1, "train"),
+    ("maleic_anhydride", "O=C1OC(=O)C=C1", 1, "train"),
+    ("pyridone", "O=c1cccc[nH]1", 1, "train"),
+    ("hexatriene", "C=C/C=C/C=C", 1, "train"),
+    ("dimethoxyethane", "COCCOC", 1, "train"),
+    ("pentan_3_one", "CCC(=O)CC", 1, "train"),
     ("methyl_acrylate", "C=CC(=O)OC", 1, "test"),
     ("vinyl_acetate", "CC(=O)OC=C", 1, "train"),
     ("acetic_anhydride", "CC(=O)OC(C)=O", 1, "train"),
     ("ethyl_acetate", "CCOC(C)=O", 1, "train"),
     ("dimethylacetamide", "CN(C)C(C)=O", 1, "test"),
-    ("n_methylacetamide", "CNC(C)=O", 1, "train"),
-    ("propanamide", "CCC(N)=O", 1, "train"),
     ("alanine", "CC(N)C(=O)O", 1, "test"),
     ("beta_alanine", "NCCC(=O)O", 1, "train"),
     ("sarcosine", "CNCC(=O)O", 1, "train"),
     ("malonic_acid", "OC(=O)CC(=O)O", 1, "train"),
-    ("dimethyl_carbonate", "COC(=O)OC", 1, "test"),
-    ("nitrosodimethylamine", "CN(C)N=O", 1, "train"),
     ("nitropropane_2", "CC(C)[N+](=O)[O-]", 1, "train"),
     ("dimethylurea", "CNC(=O)NC", 1, "train"),
-    ("methylurea", "CNC(N)=O", 1, "train"),
-    ("acetone_oxime", "CC(C)=NO", 1, "test"),
-    ("cyanoguanidine", "N#CN=C(N)N", 1, "train"),
-    ("succinonitrile", "N#CCCC#N", 1, "train"),
     ("acetone_cyanohydrin", "CC(C)(O)C#N", 1, "train"),
     ("phenol", "Oc1ccccc1", 1, "train"),
     ("aniline", "Nc1ccccc1", 1, "train"),
     ("toluene", "Cc1ccccc1", 1, "train"),
     ("benzonitrile", "N#Cc1ccccc1", 1, "train"),
     ("furfural", "O=Cc1ccco1", 1, "test"),
-    ("pentadienyl", "C=CC=C[CH2]", 2, "train"),
-    ("butanoyl", "CCC[C]=O", 2, "train"),
-    ("isobutyryl", "CC(C)[C]=O", 2, "train"),
     ("benzyl", "[CH2]c1ccccc1", 2, "train"),
 )
 
@@ -509,7 +513,7 @@ def export(store: Path, out_path: Path, level: str | None = None, molecules=MOLE
     stats = {"molecules": 0, "geometries": 0, "labels": 0, "complete_triples": 0}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w", libver="latest") as f:  # compact groups: ~10 % smaller
         f.attrs["level"] = level
         f.attrs["states"] = json.dumps({s: q for q, s in STATES})
         for name in sorted(by_mol):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import phai
+from phai.errors import InputError
 from phai.train import aimnet_me as me
 from phai.units import BOHR_TO_ANGSTROM, HARTREE_TO_EV
 
@@ -174,6 +175,15 @@ def test_resume_continues_exactly(dataset, tmp_path):
     resumed.fit()
     for x, y in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the same folder with other training data (one state less, or one energy changed) is refused,
+    # not silently resumed: a cross-validation fold reusing an output folder would train on test data
+    fewer = dataset.subset(np.arange(1, len(dataset)))
+    moved = dataset.subset(np.arange(len(dataset)))
+    moved.energy = moved.energy + np.eye(len(dataset))[0] * 1e-3
+    for other in (fewer, moved):
+        with pytest.raises(InputError, match="trained on other data"):
+            me.AIMNetMETrainer(cfg, other, None, tmp_path / "r")
+    assert dataset.fingerprint() == dataset.subset(np.arange(len(dataset))).fingerprint()
 
 
 def test_cdft_command_runs(trained, tmp_path, capsys):

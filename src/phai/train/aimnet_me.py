@@ -59,7 +59,9 @@ errors on the ions of radicals and of closed-shell molecules.
 Resume: the batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``; the
 checkpoint (written atomically at every epoch end: :mod:`phai.train.checkpoint`) holds the
 weights, best weights, optimizer state, epoch and history, so a resumed run continues
-exactly where the last completed epoch left it. Learning rate: cosine from ``lr`` to
+exactly where the last completed epoch left it. It also records the settings and
+:meth:`ChargeSet.fingerprint` of the training and validation states: a folder written with
+other settings or other data is refused, never resumed. Learning rate: cosine from ``lr`` to
 ``lr * final_lr_fraction`` over ``epochs`` (set per epoch, so resume needs no extra state).
 """
 
@@ -177,6 +179,22 @@ class ChargeSet:
             parts.append(self.subset(np.flatnonzero([m in names for m in self.molecule])))
             start = c
         return parts
+
+    def fingerprint(self) -> str:
+        """A short hash of the states and their labels (atomic numbers, positions to 1e-6 Å,
+        charge, multiplicity, energy to 1e-6 eV, α/β charges to 1e-6 e, molecule ids): a
+        checkpoint records it, so a run is never resumed on other data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for z, r in zip(self.numbers, self.positions):
+            h.update(np.asarray(z, np.int64).tobytes() + np.round(r, 6).tobytes())
+        h.update(self.charge.astype(np.int64).tobytes() + self.multiplicity.astype(np.int64).tobytes())
+        h.update(np.round(self.energy, 6).tobytes())
+        for q in (self.q_alpha or []) + (self.q_beta or []):
+            h.update(np.round(np.asarray(q, np.float64), 6).tobytes())
+        h.update("\n".join(map(str, self.molecule)).encode())
+        return h.hexdigest()[:16]
 
 
 def read_charge_h5(path, prefix: str | None = None) -> ChargeSet:
@@ -829,6 +847,9 @@ class AIMNetMETrainer:
             train, valid = train.split_by_molecule((1 - config.valid_fraction, config.valid_fraction), config.seed)
         if len(train) == 0:
             raise InputError("no training states")
+        # the labels as given (before a Δ run subtracts its base): a checkpoint resumes only on these
+        self.data_fingerprint = train.fingerprint() + "-" + (valid.fingerprint() if valid is not None and len(valid)
+                                                             else "none")
         self.base_record = None
         if config.base is not None:   # Δ-learning: fit E - E_base (the base's predictions cached per state)
             from .delta import delta_record
@@ -997,7 +1018,8 @@ class AIMNetMETrainer:
         arrays["sae"] = np.asarray(self.sae, np.float64)
         arrays["state_shift"] = np.asarray(self.state_shift, np.float64)
         training = {"epoch": self.epoch, "step": self.step_count, "best_loss": self.best_loss,
-                    "history": self.history, "config": self.config.to_json(), "shape": list(self.shape)}
+                    "history": self.history, "config": self.config.to_json(), "shape": list(self.shape),
+                    "data": self.data_fingerprint}
         return ckpt.write_checkpoint(self.out_dir / "checkpoint", arrays, self.model_config(), training)
 
     def restore(self, folder) -> None:
@@ -1006,6 +1028,9 @@ class AIMNetMETrainer:
         tr = cfg["training"]
         if tr["config"] != self.config.to_json():
             raise InputError(f"{folder}: the checkpoint was written with other settings; use a new output folder")
+        if tr.get("data") != self.data_fingerprint:
+            raise InputError(f"{folder}: the checkpoint was trained on other data (fingerprint {tr.get('data')}, "
+                             f"this run's {self.data_fingerprint}); use a new output folder")
         self.params = unflatten_flax(arrays)
         self.best_params = unflatten_flax(arrays, "best/")
         self.opt_state = ckpt.unflatten_tree(self.opt_state, arrays, "opt/")
