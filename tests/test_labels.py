@@ -241,6 +241,76 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert r0["energy"] == pytest.approx(again["energy"], abs=1e-7)
 
 
+POOL_CHILD = """
+import sys
+import numpy as np
+from phai.labels import Conformer, PySCFLabeller, label_many
+
+def main():
+    t = np.arange(6) * np.pi / 3
+    ring = np.c_[np.cos(t), np.sin(t), np.zeros(6)]
+    xyz = np.r_[1.39 * ring, 2.47 * ring]          # benzene, Å
+    confs = [Conformer(f"benzene{k}", [6] * 6 + [1] * 6, xyz * (1 + 0.01 * k)) for k in range(4)]
+    label_many(PySCFLabeller("b3lyp", "def2-tzvp"), confs, sys.argv[1], processes=2)   # minutes per label
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _pool_workers(parent: int) -> list[int]:
+    """Pids of the ``spawn`` workers whose parent is ``parent`` (from /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat, cmd = (d / "stat").read_text(), (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_end_when_the_labelling_process_is_killed(tmp_path):
+    # only the parent writes labels: a worker outliving it would burn its core for nothing
+    (tmp_path / "child.py").write_text(textwrap.dedent(POOL_CHILD))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    child = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "store")], env=env)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = _pool_workers(child.pid)
+            time.sleep(0.1)
+        assert len(workers) == 2
+        time.sleep(5)                                    # the workers are importing or inside a label
+        assert all(_running(w) for w in workers)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(w) for w in workers):
+            time.sleep(0.1)
+        assert not any(_running(w) for w in workers), "workers outlived the killed labelling process"
+        assert not list((tmp_path / "store" / "labels").glob("*.json"))   # nothing finished in 5 s
+    finally:
+        child.kill()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_export_layout_with_missing_levels(tmp_path):
     import h5py
 

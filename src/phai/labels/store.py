@@ -10,7 +10,9 @@ the same geometry labelled at another level gets another file, the same geometry
 same level is never computed twice. Each file is written by the parent process as soon as
 its worker returns: JSON into a temporary file in the same folder, ``fsync``, then
 ``os.replace`` (atomic on POSIX) and an ``fsync`` of the folder, so a killed run leaves
-only whole labels behind and a new run skips them.
+only whole labels behind and a new run skips them. Worker processes end within a second
+of their parent's death (however it died), so killing the labelling process frees its
+cores at once.
 
 Why one file per label rather than one SQLite database: labels arrive one every few
 seconds or minutes, so the per-file cost is nothing; files need no locking, can be
@@ -104,7 +106,9 @@ def read_record(path: Path) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("status") in ("ok", "failed") else None
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int | None = None) -> None:
+    """Set a worker's threads; with ``parent`` (the labelling process's pid), also make the
+    worker exit as soon as that process is gone (see :func:`_exit_with_parent`)."""
     for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
     try:
@@ -113,6 +117,23 @@ def _worker_init(threads: int) -> None:
         lib.num_threads(threads)
     except ImportError:
         pass
+    if parent is not None:
+        import threading
+
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """Poll (every ``every`` s) and end this worker process once its parent has died.
+
+    Only the parent writes labels, so a worker whose parent was killed (``kill PID``, SIGKILL,
+    an out-of-memory kill) computes labels nobody will store; without this it would run on,
+    holding its cores, until its current label ends (minutes for a DFT anion). A dead parent's
+    children are re-parented, so ``os.getppid()`` changes.
+    """
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _run_one(labeller: Labeller, conf: Conformer) -> dict:
@@ -210,7 +231,7 @@ def label_many(labeller: Labeller, conformers: Sequence[Conformer], store_path, 
             os.environ.update({v: str(threads) for v in THREAD_VARIABLES})
             try:
                 with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(threads,)) as pool:
+                                         initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
                     futures = {pool.submit(_run_one, labeller, conf): (key, conf) for key, conf in todo}
                     for fut in as_completed(futures):
                         key, conf = futures[fut]
