@@ -187,8 +187,7 @@ class ChargeSet:
         import hashlib
 
         h = hashlib.sha256()
-        for z, r in zip(self.numbers, self.positions):
-            h.update(np.asarray(z, np.int64).tobytes() + np.round(r, 6).tobytes())
+        h.update("".join(geometry_id(z, r) for z, r in zip(self.numbers, self.positions)).encode())
         h.update(self.charge.astype(np.int64).tobytes() + self.multiplicity.astype(np.int64).tobytes())
         h.update(np.round(self.energy, 6).tobytes())
         for q in (self.q_alpha or []) + (self.q_beta or []):
