@@ -53,12 +53,17 @@ def triclinic(atoms):
     return t
 
 
-def jaxmd_periodic(pot, atoms, **kw):
-    """(neighbor_fn, energy_fn, R) for ``atoms`` with jax-md's periodic_general space."""
+def jaxmd_periodic(pot, atoms, jit=True, **kw):
+    """(neighbor_fn, energy_fn, R) for ``atoms`` with jax-md's periodic_general space.
+
+    ``jit``: the energy function wrapped in ``jax.jit``, for the tests that call it directly
+    (jax-md's energy functions are plain functions, compiled by the caller's ``jit``; called
+    outside one they run op by op, 5-10x slower to first result). Not inside another trace:
+    jax-md's ``NeighborList`` keeps a jax scalar among its static fields."""
     box = jnp.asarray(phai.md.box_from_cell(atoms.cell))
     disp, _ = space.periodic_general(box, fractional_coordinates=False)
     nfn, efn = phai.md.ani_neighbor_list(pot, disp, box, atoms.numbers, **kw)
-    return nfn, efn, jnp.asarray(atoms.positions)
+    return nfn, (jax.jit(efn) if jit else efn), jnp.asarray(atoms.positions)
 
 
 def cluster_energy(pot, atoms):
@@ -88,8 +93,9 @@ def cluster_energy(pot, atoms):
     lists = host_pair_lists(R, np.ones(m, bool), np.zeros(m, np.int32), pot.cutoff, pot.config.aev.Rca)
     slots = tuple(np.nonzero(species == s)[0].astype(np.int32) for s in range(len(pot.species)))
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), pot.params)
-    e = ani_member_energies(params, pot.config.aev, pot.config.activations, jnp.asarray(R), species,
-                            np.ones(m, bool), (~central).astype(np.int32), lists.pairs, lists.triples, slots, 2)
+    e = jax.jit(lambda p, r: ani_member_energies(  # lists and layout are constants of the compiled function
+        p, pot.config.aev, pot.config.activations, r, species, np.ones(m, bool), (~central).astype(np.int32),
+        lists.pairs, lists.triples, slots, 2))(params, jnp.asarray(R))
     sae = pot.sae[pot.species_indices(atoms.numbers)].sum()
     return float((np.mean(np.asarray(e)[:, 0]) + sae) * HARTREE_TO_EV)
 
@@ -171,12 +177,13 @@ def test_neighbor_list_all_pairs_and_host_paths_agree(ani64, x64, small_box, sha
     box = jnp.asarray(phai.md.box_from_cell(atoms.cell))
     R = jnp.asarray(atoms.positions)
     disp, _ = space.periodic_general(box, fractional_coordinates=False)
-    e_all = phai.md.ani_energy(ani64, disp, atoms.numbers, box=box)
+    e_all = jax.jit(phai.md.ani_energy(ani64, disp, atoms.numbers, box=box))
     nfn, e_nl, _ = jaxmd_periodic(ani64, atoms)
     nbrs = nfn.allocate(R)
     # fractional coordinates (jax-md's cell list in triclinic cells)
     disp_f, _ = space.periodic_general(box, fractional_coordinates=True)
     nfn_f, e_f = phai.md.ani_neighbor_list(ani64, disp_f, box, atoms.numbers, fractional_coordinates=True)
+    e_f = jax.jit(e_f)
     S = jnp.asarray(atoms.get_scaled_positions())
     f_nl = -np.asarray(jax.grad(e_nl)(R, nbrs))
     host = ani64(atoms)
@@ -199,8 +206,9 @@ def test_free_space_neighbor_list_equals_all_pairs(ani64, x64):
     atoms = read(MOLECULES / "caffeine.xyz")
     disp, _ = space.free()
     R = jnp.asarray(atoms.positions)
-    e_all = phai.md.ani_energy(ani64, disp, atoms.numbers)
+    e_all = jax.jit(phai.md.ani_energy(ani64, disp, atoms.numbers))
     nfn, e_nl = phai.md.ani_neighbor_list(ani64, disp, 100.0, atoms.numbers, disable_cell_list=True)
+    e_nl = jax.jit(e_nl)
     ref = ani64(atoms)
     assert abs(float(e_all(R)) - ref.energy) < 1e-9
     assert abs(float(e_nl(R, nfn.allocate(R))) - ref.energy) < 1e-9
@@ -386,7 +394,7 @@ def test_chunked_aev_sums_equal_the_direct_ones(ani64, x64, small_box, monkeypat
     for name, (size, above) in {"direct": (aev_module.CHUNK_SIZE, 1 << 40), "chunked": (97, 0)}.items():
         monkeypatch.setattr(aev_module, "CHUNK_SIZE", size)
         monkeypatch.setattr(aev_module, "CHUNK_ABOVE", above)
-        _, efn, _ = jaxmd_periodic(ani64, small_box)  # a fresh function: traced with these settings
+        _, efn, _ = jaxmd_periodic(ani64, small_box, jit=False)  # a fresh function: traced with these settings
         # one compilation: energy, gradient and a Hessian-vector product (forward over reverse)
         (e, g), (_, hv) = jax.jit(lambda r, f=efn: jax.jvp(jax.value_and_grad(lambda x: f(x, nbrs)), (r,), (v,)))(R)
         out[name] = (float(e), np.asarray(g), np.asarray(hv))
