@@ -8,9 +8,12 @@ potential, ``phai cdft FILE --model DIR`` gives its conceptual-DFT indices. ``DI
 holds the training state (rerunning the command resumes), ``DIR/metrics.jsonl`` and
 ``metrics.csv`` one row per epoch.
 
-``--base aimnet2-wb97m-d3``: Δ-learning on a pretrained charge-aware model: the network learns
-``E - E_base`` and ``F - F_base`` (the base's predictions of every label computed once in
-float64 and cached under the phai cache), and ``phai.load(DIR)`` returns base + Δ.
+``--base aimnet2-b973c`` (or ``aimnet2-wb97m-d3``): Δ-learning on a pretrained charge-aware
+model: the network learns ``E - E_base`` and ``F - F_base`` (the base's predictions of every
+label computed once in float64 and cached under the phai cache), and ``phai.load(DIR)`` returns
+base + Δ. On phai's ωB97X/6-31+G(d) charge set the B97-3c AIMNet2 is the better base for vertical
+IP, EA and the CDFT indices (held-out R² in ``benchmarks/README.md``; a data set's own choice:
+``benchmarks/aimnet_me_base_choice.py``).
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -51,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--valid-fraction", type=float, default=0.1, help="held-out molecules for model selection")
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="network widths (see SIZES)")
     p.add_argument("--base", default=None, metavar="MODEL",
-                   help="learn a correction on top of this charge-aware model (e.g. aimnet2-wb97m-d3); "
+                   help="learn a correction on top of this charge-aware model (aimnet2-b973c, aimnet2-wb97m-d3); "
                         "phai.load(DIR) is then base + Δ")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
