@@ -26,15 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aimnet_me_experiment import cdft_rows, folds_by_molecule, r2
+from aimnet_me_experiment import folds_by_molecule, offsets_baseline
 
 from phai.train.aimnet_me import (
     base_cache_path,
     base_state_predictions,
-    fit_self_energies,
     load_base,
     read_charge_data,
-    reference_energy,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,22 +41,15 @@ INDICES = ("ip", "ea", "chi", "eta", "omega")
 
 
 def floor_r2(data, base_energy, molecules, folds: int, seed: int) -> dict:
-    """R² of IP, EA, χ, η, ω of base + fitted self energies, cross-validated over ``molecules``
-    (a K-fold split of them drawn with ``seed``), pooled over their held-out geometries."""
+    """R² of IP, EA, χ, η, ω of base + fitted self energies (``offsets_baseline``, the Δ run's
+    floor), cross-validated over ``molecules`` (a K-fold split of them drawn with ``seed``),
+    pooled over their held-out geometries."""
     elements = sorted({int(z) for n in data.numbers for z in n})
-    sub = data.subset(np.flatnonzero(np.isin(data.molecule, list(molecules))))
-    e_base = base_energy[np.isin(data.molecule, list(molecules))]
-    resid = sub.subset(np.arange(len(sub)))
-    resid.energy = sub.energy - e_base
-    pred = np.full(len(sub), np.nan)
-    for names in folds_by_molecule(sub, folds, seed):
-        test = np.isin(sub.molecule, names)
-        sae, shift = fit_self_energies(resid.subset(np.flatnonzero(~test)), elements, (-1, 0, 1), 4)
-        t = sub.subset(np.flatnonzero(test))
-        pred[test] = e_base[test] + reference_energy(t.numbers, t.charge, elements, (-1, 0, 1), sae, shift,
-                                                     t.multiplicity)
-    rows = cdft_rows(sub, pred)
-    return {k: r2([r[0][i] for r in rows], [r[1][i] for r in rows]) for i, k in enumerate(INDICES)}
+    keep = np.isin(data.molecule, list(molecules))
+    sub = data.subset(np.flatnonzero(keep))
+    m = offsets_baseline(sub, folds_by_molecule(sub, folds, seed), elements, max_multiplicity=4,
+                         base_energy=base_energy[keep])
+    return {k: m["cdft"][k]["r2"] for k in INDICES}
 
 
 def main(argv=None) -> int:
