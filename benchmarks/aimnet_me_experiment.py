@@ -281,7 +281,7 @@ def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
                        batch_size=args.batch_size, lr=args.lr, seed=args.seed + m, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
-                       spin_state_shifts=args.spin_shifts, base=args.base,
+                       spin_state_shifts=args.spin_shifts, base=args.base, base_charge_terms=args.base_charge_terms,
                        train_eval_every=args.train_eval_every)
 
         def show(row, m=m):
@@ -326,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="small", help="small, default or tiny")
     ap.add_argument("--base", default=None,
                     help="Δ-learning on this charge-aware model (e.g. aimnet2-wb97m-d3): members fit E - E_base")
+    ap.add_argument("--base-charge-terms", action="store_true",
+                    help="with --base: fit an energy in the base's own atomic charges first (per element and kind "
+                         "of state, phai.train.aimnet_me.fit_base_charge_terms), then learn on top of it")
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results/aimnet_me.json"))
     args = ap.parse_args(argv)
 

@@ -1,6 +1,6 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
 [--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
-[--size tiny|small|default] [--base MODEL] [--members K]``
+[--size tiny|small|default] [--base MODEL [--base-charge-terms]] [--members K]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
@@ -14,6 +14,11 @@ label computed once in float64 and cached under the phai cache), and ``phai.load
 base + Δ. On phai's ωB97X/6-31+G(d) charge set the B97-3c AIMNet2 is the better base for vertical
 IP, EA and the CDFT indices (held-out R² in ``benchmarks/README.md``; a data set's own choice:
 ``benchmarks/aimnet_me_base_choice.py``).
+``--base-charge-terms`` (with an AIMNet2 base): first fit, by least squares on the labels, an
+energy in the base's own atomic charges, ``sum_i a q_i + b q_i^2`` per element for each total
+charge and electron-count parity (an electronegativity and hardness shift: it corrects ion
+energies where the hole or the extra electron sits), then learn the network on top of base +
+that term; ``phai.load(DIR)`` rebuilds the corrected base from the folder's record.
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -56,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--base", default=None, metavar="MODEL",
                    help="learn a correction on top of this charge-aware model (aimnet2-b973c, aimnet2-wb97m-d3); "
                         "phai.load(DIR) is then base + Δ")
+    p.add_argument("--base-charge-terms", action="store_true",
+                   help="with an AIMNet2 --base: fit an energy in the base's own atomic charges first (per element, "
+                        "total charge and electron parity), then the network on top")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
@@ -74,6 +82,8 @@ def run(args) -> int:
         raise InputError("--epochs, --batch-size and --members must be at least 1")
     if args.diff_weight < 0:
         raise InputError(f"--diff-weight must be >= 0, got {args.diff_weight}")
+    if args.base_charge_terms and not args.base:
+        raise InputError("--base-charge-terms corrects a base model: give --base too (e.g. aimnet2-b973c)")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     data = read_charge_data(args.data)
@@ -84,7 +94,8 @@ def run(args) -> int:
         cfg = MEConfig(model=model, elements=tuple(elements), epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed + k, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, diff_weight=args.diff_weight,
-                       spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base)
+                       spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base,
+                       base_charge_terms=args.base_charge_terms)
 
         def show(row, k=k):
             keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")

@@ -103,6 +103,7 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
     model's ``member_batch`` is None and ``A`` is small.
     """
     species, q, shift = _layout(model, numbers, charge, multiplicity)
+    table = model.state_charge_terms(np.asarray(model.elements)[species], q)   # None: the model as shipped
     n = len(species)
     species_j = jnp.asarray(species)
     mask = jnp.ones(n, dtype=bool)
@@ -114,11 +115,12 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
             raise InputError(f"positions must have shape ({n}, 3) for this energy function, got {R.shape}")
         with jax.ensure_compile_time_eval():  # the model caches concrete arrays per dtype, never tracers
             member, shared = model.params(R.dtype)
+        terms = None if table is None else jnp.asarray(table, R.dtype)   # a fitted correction (with_charge_terms)
 
         if not fast:
             def one(p):
                 return member_energy(p, shared, R, species_j, neighbors, mask, q, cfg=cfg, include_shifts=False,
-                                     block_size=block, fast=False)[0]
+                                     block_size=block, fast=False, charge_terms=terms)[0]
 
             return jnp.mean(jax.lax.map(one, member, batch_size=batch)) + shift
         # what does not depend on the member (pair basis, D3) once, and its VJP once, for the mean
@@ -126,7 +128,7 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
 
         def local(p):
             return member_energy_local(p, shared, geometry, R, species_j, neighbors, mask, q, cfg=cfg,
-                                       include_shifts=False, block_size=block)[0]
+                                       include_shifts=False, block_size=block, charge_terms=terms)[0]
 
         e_disp = d3bj_energy(R, species_j, mask, shared, shared["d3"], block_size=block)
         return jnp.mean(jax.lax.map(local, member, batch_size=batch)) + e_disp + shift

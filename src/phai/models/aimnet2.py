@@ -496,11 +496,24 @@ def local_geometry(positions, species, neighbors, atom_mask, shared, *, cfg: AIM
     return basis_t, species_neighbor_basis(basis_t, species, neighbors.T, atom_mask, len(cfg.elements))
 
 
+def charge_term_energy(q, species, atom_mask, charge_terms):
+    """``sum_i a[s_i] q_i + b[s_i] q_i^2`` (eV): an energy in the atomic charges ``q [N]`` (e) with
+    per-species coefficients ``charge_terms [S, 2]`` (``a`` eV/e, ``b`` eV/e^2), padding excluded.
+
+    The correction a Δ model may fit on top of AIMNet2 (:meth:`AIMNet2.with_charge_terms`): an
+    electronegativity (``a``) and hardness (``b``) shift per element, in the charges the model
+    itself predicts, one table per state."""
+    maskf = atom_mask.astype(q.dtype)
+    c = charge_terms.astype(q.dtype)[species]
+    return jnp.sum((c[:, 0] * q + c[:, 1] * q * q) * maskf)
+
+
 def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: AIMNet2Config,
-            include_shifts: bool, block_size: int | None):
+            include_shifts: bool, block_size: int | None, charge_terms=None):
     """The three message passes, the energy head and the Coulomb term, shared by the fast and the
     plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
-    the first pass). Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    the first pass). ``charge_terms [S, 2]``: adds :func:`charge_term_energy` of the final charges
+    (None: nothing). Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
     maskf = atom_mask.astype(positions.dtype)
     q = None
     for k in range(2):
@@ -513,18 +526,22 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     if include_shifts:
         e_atom = e_atom + params["shift"][species]
     e_local = jnp.sum(e_atom * maskf)
+    if charge_terms is not None:
+        e_local = e_local + charge_term_energy(q, species, atom_mask, charge_terms)
     e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
                             half_ke=cfg.half_ke, block_size=block_size)
     return e_local + e_coul, q, e_coul
 
 
 def member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask, total_charge, *,
-                        cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None):
+                        cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
+                        charge_terms=None):
     """One member's energy without the (member-independent) D3 term, from :func:`local_geometry`.
 
     Differentiable (reverse mode, first order) in ``geometry`` and ``positions`` (the Coulomb
     term); :func:`member_energy` and :func:`ensemble_outputs` chain the geometry's VJP.
-    Returns ``(energy eV, aux)`` with ``charges [N]`` and ``coulomb`` in ``aux``.
+    Returns ``(energy eV, aux)`` with ``charges [N]`` and ``coulomb`` in ``aux``. ``charge_terms``:
+    as :func:`member_energy`.
     """
     dtype = positions.dtype
     n = positions.shape[0]
@@ -542,13 +559,13 @@ def member_energy_local(params, shared, geometry, positions, species, neighbors,
                                 q[:, None], conv_charges_fast(q, basis_t, params["agh_q"], neighbors_t)], axis=-1)
 
     e, q, e_coul = _passes(params, inputs, a, q_total, positions, species, atom_mask, cfg=cfg,
-                           include_shifts=include_shifts, block_size=block_size)
+                           include_shifts=include_shifts, block_size=block_size, charge_terms=charge_terms)
     return e, {"charges": q, "coulomb": e_coul}
 
 
 def member_energy(params, shared, positions, species, neighbors, atom_mask, total_charge, *,
                   cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
-                  fast: bool = True):
+                  fast: bool = True, charge_terms=None):
     """Energy and charges of one molecule for one ensemble member.
 
     Args:
@@ -563,6 +580,9 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
       block_size: row block of the all-pairs Coulomb and D3 sums.
       fast: contract through :func:`neighbor_contract` (reverse mode only; needs a symmetric
         list); False: the plain gathers, differentiable to any order (Hessians).
+      charge_terms: optional ``[S, 2]`` per-species coefficients of :func:`charge_term_energy`,
+        added to the energy (a fitted correction, :meth:`AIMNet2.with_charge_terms`; None: the
+        pretrained model as shipped).
 
     Returns:
       ``(energy, aux)``: scalar eV; ``aux`` dict with ``charges [N]`` (e, padding 0),
@@ -572,7 +592,8 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
     if fast:
         geometry = local_geometry(positions, species, neighbors, atom_mask, shared, cfg=cfg)
         e, aux = member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask,
-                                     total_charge, cfg=cfg, include_shifts=include_shifts, block_size=block_size)
+                                     total_charge, cfg=cfg, include_shifts=include_shifts, block_size=block_size,
+                                     charge_terms=charge_terms)
         return e + e_disp, {**aux, "dispersion": e_disp}
     dtype = positions.dtype
     n = positions.shape[0]
@@ -588,13 +609,13 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
         return jnp.concatenate(x, axis=-1)
 
     e, q, e_coul = _passes(params, inputs, a, q_total, positions, species, atom_mask, cfg=cfg,
-                           include_shifts=include_shifts, block_size=block_size)
+                           include_shifts=include_shifts, block_size=block_size, charge_terms=charge_terms)
     return e + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
 
 
 def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
                      cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
-                     member_batch: int | None = None):
+                     member_batch: int | None = None, charge_terms=None):
     """Per-member energies, forces and charges of one molecule.
 
     Args: as :func:`member_energy`, with ``member_params`` stacked over members ``[M, ...]``;
@@ -616,7 +637,7 @@ def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_
     def one(p):
         (e, aux), (g_geo, g_pos) = jax.value_and_grad(member_energy_local, argnums=(2, 3), has_aux=True)(
             p, shared, geometry, positions, species, neighbors, atom_mask, total_charge,
-            cfg=cfg, include_shifts=include_shifts, block_size=block_size)
+            cfg=cfg, include_shifts=include_shifts, block_size=block_size, charge_terms=charge_terms)
         g = geometry_vjp(g_geo)[0] + g_pos + g_disp
         return e + e_disp, -g, aux["charges"]
 
@@ -626,21 +647,22 @@ def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_
 
 
 def ensemble_energy(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
-                    cfg: AIMNet2Config, block_size: int | None = None):
+                    cfg: AIMNet2Config, block_size: int | None = None, charge_terms=None):
     """Ensemble-mean energy (eV, atomic shifts included) of one molecule: a differentiable
     ``positions [N, 3] -> scalar`` for ``jax.grad``, Hessians or jax-md. Arguments as
     :func:`ensemble_outputs`; the neighbor list must stay valid (every pair within 5 Å)."""
     e = jax.vmap(lambda p: member_energy(p, shared, positions, species, neighbors, atom_mask, total_charge,
-                                         cfg=cfg, block_size=block_size, fast=False)[0])(member_params)
+                                         cfg=cfg, block_size=block_size, fast=False,
+                                         charge_terms=charge_terms)[0])(member_params)
     return jnp.mean(e)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "include_shifts", "block_size", "member_batch"))
-def _ensemble_jit(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
-                  cfg, include_shifts, block_size, member_batch):
+def _ensemble_jit(member_params, shared, positions, species, neighbors, atom_mask, total_charge,
+                  charge_terms=None, *, cfg, include_shifts, block_size, member_batch):
     return ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge,
                             cfg=cfg, include_shifts=include_shifts, block_size=block_size,
-                            member_batch=member_batch)
+                            member_batch=member_batch, charge_terms=charge_terms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,6 +790,8 @@ class AIMNet2:
       member_batch: members evaluated at once (None: all four by ``vmap`` up to
         :data:`VMAP_MEMBERS_UP_TO` atom slots, where that is fastest, one after the other above; 1
         for the least memory on large systems).
+      charge_terms: None (the model as shipped), or a correction in the model's own atomic
+        charges fitted by a Δ model (:meth:`with_charge_terms`).
 
     Example::
 
@@ -780,7 +804,7 @@ class AIMNet2:
     """Takes a total charge (and checks a multiplicity); returns atomic charges."""
 
     def __init__(self, arrays: dict, config: dict, *, block_size: int = 512, member_batch: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, charge_terms: list | None = None):
         if precision not in (None, "float32", "float64"):
             raise InputError(f"precision must be 'float32' or 'float64', got {precision!r}")
         self.precision = precision
@@ -796,6 +820,55 @@ class AIMNet2:
         self._shift64 = np.asarray(arrays["atomic_shift"], dtype=np.float64)[:, np.asarray(self.elements)]
         self._species_of = np.full(max(len(SYMBOLS), max(self.elements) + 1), -1, dtype=np.int32)
         self._species_of[np.asarray(self.elements)] = np.arange(len(self.elements), dtype=np.int32)
+        self.charge_terms = None if charge_terms is None else [dict(t) for t in charge_terms]
+        """The fitted charge-term correction (:meth:`with_charge_terms`), or None."""
+        self._term_tables = None if charge_terms is None else self._tables(self.charge_terms)
+
+    def _tables(self, terms: list) -> dict:
+        tables = {}
+        for t in terms:
+            try:
+                q, parity = int(t["charge"]), str(t["electrons"])
+                zs, a, b = [int(z) for z in t["elements"]], np.asarray(t["a"], float), np.asarray(t["b"], float)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelFileError(f"{self.name}: a charge-term entry is malformed ({exc!r}): {t}") from None
+            if parity not in ("even", "odd") or a.shape != (len(zs),) or b.shape != (len(zs),):
+                raise ModelFileError(f"{self.name}: a charge-term entry needs 'electrons' even/odd and one a and b "
+                                     f"per element: {t}")
+            bad = sorted(set(zs) - set(self.elements))
+            if bad:
+                raise ModelFileError(f"{self.name}: charge terms for elements the model lacks: {bad}")
+            table = np.zeros((len(self.elements), 2))
+            table[self._species_of[zs], 0], table[self._species_of[zs], 1] = a, b
+            tables[(q, parity)] = table
+        return tables
+
+    def with_charge_terms(self, terms: list | None) -> AIMNet2:
+        """The same ensemble plus an energy in its own atomic charges, one table per kind of state.
+
+        ``terms``: a list of ``{"charge": Q, "electrons": "even" | "odd", "elements": [Z...],
+        "a": [eV/e ...], "b": [eV/e² ...]}``; a molecule of total charge ``Q`` whose electron
+        count has that parity gets ``sum_i a[Z_i] q_i + b[Z_i] q_i^2`` added to every member's
+        energy (:func:`charge_term_energy`, with each member's own charges ``q``), so forces,
+        Hessians and the jax-md energy functions include it. A state with no table is refused.
+        This is the correction :class:`phai.train.aimnet_me.AIMNetMETrainer` fits with
+        ``base_charge_terms`` (recorded in the Δ folder). ``None``: the model as shipped.
+        """
+        return type(self)(self._arrays, self.config, block_size=self.block_size, member_batch=self.member_batch,
+                          precision=self.precision, charge_terms=terms)
+
+    def state_charge_terms(self, numbers, charge) -> np.ndarray | None:
+        """``[S, 2]`` charge-term table for a molecule (atomic numbers) of total ``charge``, or None
+        for a model without charge terms."""
+        if self._term_tables is None:
+            return None
+        parity = "odd" if (int(np.sum(numbers)) - int(charge)) % 2 else "even"
+        table = self._term_tables.get((int(charge), parity))
+        if table is None:
+            have = ", ".join(f"charge {q:+d} with {p} electrons".replace("+0", "0") for q, p in sorted(self._term_tables))
+            raise InputError(f"{self.name} with fitted charge terms covers {have}; not charge "
+                             f"{int(charge):+d} with an {parity} electron count".replace("charge +0", "charge 0"))
+        return table
 
     def _member_batch(self, slots: int) -> int:
         if self.member_batch is not None:
@@ -805,7 +878,7 @@ class AIMNet2:
     def with_precision(self, precision: str) -> AIMNet2:
         """The same ensemble evaluated in ``precision`` (``"float32"``/``"float64"``), sharing the arrays."""
         return type(self)(self._arrays, self.config, block_size=self.block_size, member_batch=self.member_batch,
-                          precision=precision)
+                          precision=precision, charge_terms=self.charge_terms)
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -888,9 +961,11 @@ class AIMNet2:
     def _evaluate(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
         dtype = jnp.result_type(float)
         member, shared = self.params(dtype)
+        table = self.state_charge_terms(inputs.numbers, inputs.charge)
         out = _ensemble_jit(member, shared, jnp.asarray(inputs.positions, dtype), jnp.asarray(inputs.species),
                             jnp.asarray(inputs.neighbors), jnp.asarray(inputs.atom_mask),
-                            jnp.asarray(inputs.charge, dtype), cfg=self.cfg, include_shifts=False,
+                            jnp.asarray(inputs.charge, dtype), None if table is None else jnp.asarray(table, dtype),
+                            cfg=self.cfg, include_shifts=False,
                             block_size=self.block_size, member_batch=self._member_batch(len(inputs.positions)))
         a = inputs.natoms
         shift = self._shift64[:, self._species_of[inputs.numbers]].sum(axis=1)     # [M] float64

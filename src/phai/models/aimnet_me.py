@@ -12,6 +12,9 @@ state) or ``[C, M_max]`` (per charge and multiplicity). Energy = network (float3
 charge-aware base. Energy and forces are the base's (at the same total charge; the base gets
 the multiplicity too, which the 2023 AIMNet2 models only check) plus the network's; atomic
 charges are the network's own (it was trained on the labels' charges, not on corrections).
+With ``charge_terms`` in the record (``phai train-aimnet --base-charge-terms``) the base is
+AIMNet2 plus a fitted energy in AIMNet2's own atomic charges, ``sum_i a q_i + b q_i^2`` per
+element and kind of state (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`).
 
 **Ensemble** (``phai train-aimnet --members K``, :func:`save_ensemble`): ``config.json`` with
 ``kind`` ``"aimnet-me-ensemble"``, ``members`` (sub-folder names, each a one-model folder
@@ -194,7 +197,20 @@ class AIMNetMEPotential:
 
 def resolve_base(record: dict, folder=None, precision: str = "float32"):
     """The base model named by a Δ record (a registry name, or a model folder: as given,
-    relative to ``folder``, or the recorded absolute path), at ``precision``; charge-aware."""
+    relative to ``folder``, or the recorded absolute path), at ``precision``; charge-aware.
+    A record with ``charge_terms`` (fitted by a ``base_charge_terms`` run) gives the base with
+    that correction (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`)."""
+    base = _load_recorded_base(record, folder, precision)
+    terms = record.get("charge_terms")
+    if terms is None:
+        return base
+    if not hasattr(base, "with_charge_terms"):
+        raise InputError(f"{folder}: this Δ model has charge terms for its base, but the base "
+                         f"{record['base']['model']!r} is not an AIMNet2 model that can take them")
+    return base.with_charge_terms(terms)
+
+
+def _load_recorded_base(record: dict, folder, precision: str):
     from ..train.aimnet_me import load_base
 
     b = record["base"]
