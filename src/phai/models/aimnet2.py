@@ -508,6 +508,17 @@ def charge_term_energy(q, species, atom_mask, charge_terms):
     return jnp.sum((c[:, 0] * q + c[:, 1] * q * q) * maskf)
 
 
+def state_kind(numbers, charge) -> tuple[int, str]:
+    """``(Q, "even" | "odd")``: a state's total charge and the parity of its electron count, the
+    key of a charge-term table (:meth:`AIMNet2.with_charge_terms`; for closed-shell neutrals the
+    ions have odd electron counts, for radicals even)."""
+    return int(charge), ("odd" if (int(np.sum(numbers)) - int(charge)) % 2 else "even")
+
+
+def _signed(q: int) -> str:
+    return f"{q:+d}" if q else "0"
+
+
 def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: AIMNet2Config,
             include_shifts: bool, block_size: int | None, charge_terms=None):
     """The three message passes, the energy head and the Coulomb term, shared by the fast and the
@@ -862,12 +873,12 @@ class AIMNet2:
         for a model without charge terms."""
         if self._term_tables is None:
             return None
-        parity = "odd" if (int(np.sum(numbers)) - int(charge)) % 2 else "even"
-        table = self._term_tables.get((int(charge), parity))
+        kind = state_kind(numbers, charge)
+        table = self._term_tables.get(kind)
         if table is None:
-            have = ", ".join(f"charge {q:+d} with {p} electrons".replace("+0", "0") for q, p in sorted(self._term_tables))
-            raise InputError(f"{self.name} with fitted charge terms covers {have}; not charge "
-                             f"{int(charge):+d} with an {parity} electron count".replace("charge +0", "charge 0"))
+            have = ", ".join(f"charge {_signed(q)} with {p} electrons" for q, p in sorted(self._term_tables))
+            raise InputError(f"{self.name} with fitted charge terms covers {have}; not charge {_signed(kind[0])} "
+                             f"with an {kind[1]} electron count")
         return table
 
     def _member_batch(self, slots: int) -> int:

@@ -84,6 +84,7 @@ from flax import traverse_util
 from ..errors import InputError
 from ..geometry import dense_from_pairs, neighbor_pairs
 from ..models.aimnet import AIMNet, AIMNetConfig, check_state, state_outputs
+from ..models.aimnet2 import state_kind
 from ..structures import bucket
 from ..units import HARTREE_TO_EV, HARTREE_TO_KCALMOL
 from . import checkpoint as ckpt
@@ -482,13 +483,6 @@ def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
         with atomic_output(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **stored)
     return [{x: stored[f"{key}/{x}"] for x in fields} for key in keys]
-
-
-def state_kind(numbers, charge) -> tuple[int, str]:
-    """``(Q, "even" | "odd")``: a state's total charge and the parity of its electron count, the
-    cells of :func:`fit_base_charge_terms` (for the molecules here, odd-electron ions are those
-    of closed-shell neutrals and even-electron ions those of radicals)."""
-    return int(charge), ("odd" if (int(np.sum(numbers)) - int(charge)) % 2 else "even")
 
 
 def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-6) -> list[dict]:
