@@ -55,9 +55,12 @@ CANDIDATES = (ROOT / "tests/data/charge_labels/charge_labels.h5", Path("/tmp/pha
               Path("/tmp/charge_store"))
 
 
-def r2(pred, ref) -> float:
+def r2(pred, ref, weight=None) -> float:
+    """Coefficient of determination; ``weight`` (optional, ``[n]``) weights the rows."""
     pred, ref = np.asarray(pred, float), np.asarray(ref, float)
-    return float(1.0 - np.sum((pred - ref) ** 2) / np.sum((ref - ref.mean()) ** 2))
+    w = np.ones_like(ref) if weight is None else np.asarray(weight, float)
+    mean = np.sum(w * ref) / np.sum(w)
+    return float(1.0 - np.sum(w * (pred - ref) ** 2) / np.sum(w * (ref - mean) ** 2))
 
 
 def split(data: ChargeSet, test_names, test_fraction: float, seed: int):
@@ -105,9 +108,9 @@ def predict(model, test: ChargeSet) -> dict:
     return out
 
 
-def cdft_rows(test: ChargeSet, e) -> list:
+def cdft_rows(test: ChargeSet, e, molecules: bool = False) -> list:
     """``[(predicted, reference)]`` CDFT tuples (:func:`cdft_indices`) of the geometries with
-    all of the -1, 0, +1 states."""
+    all of the -1, 0, +1 states (``molecules``: ``(predicted, reference, molecule name)``)."""
     by_geom = {}
     for k in range(len(test)):
         by_geom.setdefault(test.geometry[k], {})[int(test.charge[k])] = k
@@ -115,13 +118,15 @@ def cdft_rows(test: ChargeSet, e) -> list:
     for st in by_geom.values():
         if all(q in st for q in (1, 0, -1)):
             ks = [st[1], st[0], st[-1]]
-            rows.append((cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks])))
+            row = (cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks]))
+            rows.append(row + (str(test.molecule[st[0]]),) if molecules else row)
     return rows
 
 
-def r2_interval(test: ChargeSet, e, draws: int = 2000, seed: int = 0) -> dict:
+def r2_interval(test: ChargeSet, e, draws: int = 2000, seed: int = 0, molecules_weighted: bool = False) -> dict:
     """95 % bootstrap intervals of the CDFT R² values, resampling whole molecules (the geometries
-    of one molecule are not independent): ``{"ip": [lo, hi], ...}``."""
+    of one molecule are not independent): ``{"ip": [lo, hi], ...}`` (``molecules_weighted``: of
+    the R² in which every molecule counts once, its geometries 1/n each)."""
     by_mol = {}
     for k in range(len(test)):
         by_mol.setdefault(str(test.molecule[k]), []).append(k)
@@ -130,11 +135,13 @@ def r2_interval(test: ChargeSet, e, draws: int = 2000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     out = {k: [] for k in ("ip", "ea", "chi", "eta", "omega")}
     for _ in range(draws):
-        rows = [r for m in rng.choice(names, len(names)) for r in per_mol[m]]
+        drawn = rng.choice(names, len(names))
+        rows = [r for m in drawn for r in per_mol[m]]
+        w = [1.0 / len(per_mol[m]) if molecules_weighted else 1.0 for m in drawn for _ in per_mol[m]]
         for i, k in enumerate(out):
             t = np.array([r[1][i] for r in rows])
             if t.std() > 0:
-                out[k].append(r2([r[0][i] for r in rows], t))
+                out[k].append(r2([r[0][i] for r in rows], t, w))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in out.items()}
 
 
@@ -159,16 +166,57 @@ def metrics(test: ChargeSet, pred: dict) -> dict:
             dq = np.concatenate([p - r for p, r in zip(pred[name], ref)])
             out["charges"][name] = {"mae_e": float(np.mean(np.abs(dq))), "rmse_e": float(np.sqrt(np.mean(dq * dq)))}
         out["charges"]["max_sum_violation_e"] = float(max(abs(q.sum() - Q) for q, Q in zip(pred["q"], test.charge)))
-    rows = cdft_rows(test, e)
+    rows = cdft_rows(test, e, molecules=True)
     out["cdft"]["n"] = len(rows)
     out["cdft"]["molecules"] = len(np.unique(test.molecule))
+    # every geometry counts once in "r2"; in "r2_molecules_weighted" every molecule counts once
+    # (its geometries 1/n each): the data set has 4 geometries of some molecules and 1 of most
+    names = [r[2] for r in rows]
+    counts = {m: names.count(m) for m in set(names)}
+    weight = np.array([1.0 / counts[m] for m in names])
     if len(rows) >= 2:
         for i, name in enumerate(("ip", "ea", "chi", "eta", "omega")):
             p = np.array([r[0][i] for r in rows])
             t = np.array([r[1][i] for r in rows])
-            out["cdft"][name] = {"r2": r2(p, t), "mae_ev": float(np.mean(np.abs(p - t))),
+            out["cdft"][name] = {"r2": r2(p, t), "r2_molecules_weighted": r2(p, t, weight),
+                                 "mae_ev": float(np.mean(np.abs(p - t))),
                                  "ref_mean_ev": float(t.mean()), "ref_std_ev": float(t.std())}
     return out
+
+
+def add_intervals(metrics_out: dict, test: ChargeSet, e) -> None:
+    """Add the bootstrap intervals (:func:`r2_interval`) of both R² weightings to ``metrics_out["cdft"]``."""
+    for key, weighted in (("r2_95_bootstrap_molecules", False), ("r2_molecules_weighted_95_bootstrap", True)):
+        for k, v in r2_interval(test, e, molecules_weighted=weighted).items():
+            if k in metrics_out["cdft"]:
+                metrics_out["cdft"][k][key] = v
+
+
+def rescore(data: ChargeSet, results_files, out=None) -> dict:
+    """The CDFT metrics, both weightings with their bootstrap intervals, of the held-out
+    predictions stored in earlier results JSON files (their ``predictions``: energies by geometry
+    and charge), without training anything; several files are averaged like ``--average``.
+
+    Returns ``{"files": [...], "cdft": {...}}``; written to ``out`` if given."""
+    at = {(str(g), int(q)): k for k, (g, q) in enumerate(zip(data.geometry, data.charge))}
+    runs = [json.loads(Path(f).read_text())["predictions"] for f in results_files]
+    first = runs[0]
+    for f, o in zip(results_files, runs):
+        if o["geometry"] != first["geometry"] or o["charge"] != first["charge"]:
+            raise SystemExit(f"{f}: other held-out states (folds) than {results_files[0]}")
+    try:
+        idx = [at[(str(g), int(q))] for g, q in zip(first["geometry"], first["charge"])]
+    except KeyError as exc:
+        raise SystemExit(f"state {exc} of {results_files[0]} is not in the data set") from None
+    test = data.subset(idx)
+    test.q_alpha = test.q_beta = None
+    e = np.mean([o["energy"] for o in runs], axis=0)
+    m = metrics(test, {"energy": e})
+    add_intervals(m, test, e)
+    result = {"files": [str(f) for f in results_files], "states": m["states"], "cdft": m["cdft"]}
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
+    return result
 
 
 def evaluate(pot, test: ChargeSet) -> dict:
@@ -215,11 +263,14 @@ def markdown(result: dict) -> str:
     cd = result["test"]["cdft"]
     head = f"CDFT on {cd['n']} held-out geometries of {cd.get('molecules', '?')} molecules (N-1, N, N+1 at one geometry):"
     lines += ["", head, "",
-              "| index | R² | MAE / eV | DFT mean / eV | DFT std / eV |", "|---|---|---|---|---|"]
+              "| index | R² (per geometry) | R² (molecules weighted equally) | MAE / eV | DFT mean / eV | DFT std / eV |",
+              "|---|---|---|---|---|---|"]
     for k in ("ip", "ea", "chi", "eta", "omega"):
         if k in cd:
             v = cd[k]
-            lines.append(f"| {k} | {v['r2']:.3f} | {v['mae_ev']:.3f} | {v['ref_mean_ev']:.2f} | {v['ref_std_ev']:.2f} |")
+            w = f"{v['r2_molecules_weighted']:.3f}" if "r2_molecules_weighted" in v else "-"
+            lines.append(f"| {k} | {v['r2']:.3f} | {w} | {v['mae_ev']:.3f} | {v['ref_mean_ev']:.2f} | "
+                         f"{v['ref_std_ev']:.2f} |")
     floors = [(f"self energies alone ({k})", v) for k, v in result.get("baseline_offsets_only", {}).items()]
     if "baseline_base_alone" in result:
         floors = [(f"{result['base']} alone (no fit)", result["baseline_base_alone"])] + \
@@ -329,13 +380,27 @@ def main(argv=None) -> int:
     ap.add_argument("--base-charge-terms", action="store_true",
                     help="with --base: fit an energy in the base's own atomic charges first (per element and kind "
                          "of state, phai.train.aimnet_me.fit_base_charge_terms), then learn on top of it")
-    ap.add_argument("--results", default=str(ROOT / "benchmarks/results/aimnet_me.json"))
+    ap.add_argument("--results", default=None,
+                    help="results JSON (default: benchmarks/results/aimnet_me.json; with --rescore: none written)")
+    ap.add_argument("--rescore", nargs="+", default=None, metavar="JSON",
+                    help="train nothing: recompute the CDFT metrics (per geometry and with molecules weighted "
+                         "equally, bootstrap intervals) of these results files' held-out predictions, averaged; "
+                         "written to --results if given explicitly")
     args = ap.parse_args(argv)
 
     path = Path(args.data) if args.data else next((p for p in CANDIDATES if p.is_file()), None)
     if path is None:
         raise SystemExit("no charge data set found (give a path)")
     data = read_charge_data(path)
+    if args.rescore:
+        res = rescore(data, args.rescore, args.results)
+        print(markdown({"test": {"states": res["states"], "charges": {}, "cdft": res["cdft"]}}))
+        for k in ("ip", "ea", "chi", "eta", "omega"):
+            v = res["cdft"][k]
+            print(f"{k}: 95 % bootstrap per geometry {np.round(v['r2_95_bootstrap_molecules'], 3).tolist()}, "
+                  f"molecules weighted {np.round(v['r2_molecules_weighted_95_bootstrap'], 3).tolist()}")
+        return 0
+    args.results = args.results or str(ROOT / "benchmarks/results/aimnet_me.json")
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
     t0 = time.perf_counter()
 
@@ -413,10 +478,7 @@ def main(argv=None) -> int:
         nocharge = test.subset(np.arange(len(test)))
         nocharge.q_alpha = nocharge.q_beta = None
         result["baseline_base_alone"] = metrics(nocharge, {"energy": alone})
-    interval = r2_interval(test, pred["energy"])
-    for k, v in interval.items():
-        if k in result["test"]["cdft"]:
-            result["test"]["cdft"][k]["r2_95_bootstrap_molecules"] = v
+    add_intervals(result["test"], test, pred["energy"])
     if args.average:
         # charges were not kept from the earlier runs: the charge metrics are this run's
         result["test"]["charges"] = single["charges"]
