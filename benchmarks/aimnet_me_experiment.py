@@ -197,7 +197,8 @@ def rescore(data: ChargeSet, results_files, out=None) -> dict:
     predictions stored in earlier results JSON files (their ``predictions``: energies by geometry
     and charge), without training anything; several files are averaged like ``--average``.
 
-    Returns ``{"files": [...], "cdft": {...}}``; written to ``out`` if given."""
+    Returns ``{"files": [...], "states": {...}, "cdft": {...}}`` (energy errors per charge state, CDFT
+    metrics); written to ``out`` if given."""
     at = {(str(g), int(q)): k for k, (g, q) in enumerate(zip(data.geometry, data.charge))}
     runs = [json.loads(Path(f).read_text())["predictions"] for f in results_files]
     first = runs[0]
