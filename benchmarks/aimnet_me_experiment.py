@@ -192,6 +192,17 @@ def add_intervals(metrics_out: dict, test: ChargeSet, e) -> None:
                 metrics_out["cdft"][k][key] = v
 
 
+def read_predictions(results_files, like: dict | None = None) -> list[dict]:
+    """The stored held-out ``predictions`` of results JSON files, refused (SystemExit) unless they
+    cover the same states in the same order as ``like`` (default: the first file's)."""
+    runs = [json.loads(Path(f).read_text())["predictions"] for f in results_files]
+    ref = like if like is not None else (runs[0] if runs else None)
+    for f, o in zip(results_files, runs):
+        if o["geometry"] != ref["geometry"] or o["charge"] != ref["charge"]:
+            raise SystemExit(f"{f}: other held-out states (folds) than the run it is averaged with")
+    return runs
+
+
 def rescore(data: ChargeSet, results_files, out=None) -> dict:
     """The CDFT metrics, both weightings with their bootstrap intervals, of the held-out
     predictions stored in earlier results JSON files (their ``predictions``: energies by geometry
@@ -200,11 +211,8 @@ def rescore(data: ChargeSet, results_files, out=None) -> dict:
     Returns ``{"files": [...], "states": {...}, "cdft": {...}}`` (energy errors per charge state, CDFT
     metrics); written to ``out`` if given."""
     at = {(str(g), int(q)): k for k, (g, q) in enumerate(zip(data.geometry, data.charge))}
-    runs = [json.loads(Path(f).read_text())["predictions"] for f in results_files]
+    runs = read_predictions(results_files)
     first = runs[0]
-    for f, o in zip(results_files, runs):
-        if o["geometry"] != first["geometry"] or o["charge"] != first["charge"]:
-            raise SystemExit(f"{f}: other held-out states (folds) than {results_files[0]}")
     try:
         idx = [at[(str(g), int(q))] for g, q in zip(first["geometry"], first["charge"])]
     except KeyError as exc:
@@ -452,12 +460,7 @@ def main(argv=None) -> int:
             for k in preds[0]}
     seconds = time.perf_counter() - t0
     own = {"energy": pred["energy"].tolist(), "geometry": test.geometry.tolist(), "charge": test.charge.tolist()}
-    runs = [own]
-    for other in args.average:
-        o = json.loads(Path(other).read_text())["predictions"]
-        if o["geometry"] != own["geometry"] or o["charge"] != own["charge"]:
-            raise SystemExit(f"{other}: other held-out states (folds) than this run")
-        runs.append(o)
+    runs = [own] + read_predictions(args.average, like=own)
     single = metrics(test, pred)
     pred["energy"] = np.mean([r["energy"] for r in runs], axis=0)
     result = {"data": str(path), "states": len(data), "molecules": len(np.unique(data.molecule)),

@@ -45,14 +45,13 @@ def test_rescore_reproduces_the_stored_run_and_weights_molecules_once(experiment
         assert res["cdft"][k]["r2_95_bootstrap_molecules"] == pytest.approx(stored[k]["r2_95_bootstrap_molecules"],
                                                                               abs=1e-12)
     # the molecule-weighted R² by hand: each molecule's geometries weigh 1/n
-    test_rows = experiment.cdft_rows(data, data.energy, molecules=True)
-    names = [r[2] for r in test_rows]
-    assert len(set(names)) == 254 and max(names.count(m) for m in names) == 4
     pred = json.loads(RESULTS.read_text())["predictions"]
     e = {(g, int(q)): v for v, g, q in zip(pred["energy"], pred["geometry"], pred["charge"])}
     energy = np.array([e[(str(g), int(q))] for g, q in zip(data.geometry, data.charge)])
     rows = experiment.cdft_rows(data, energy, molecules=True)
-    w = np.array([1.0 / names.count(r[2]) for r in rows])
+    names = [r[2] for r in rows]
+    assert len(set(names)) == 254 and max(names.count(m) for m in names) == 4
+    w = np.array([1.0 / names.count(m) for m in names])
     chi_p, chi_t = np.array([r[0][2] for r in rows]), np.array([r[1][2] for r in rows])
     mean = np.sum(w * chi_t) / w.sum()
     by_hand = 1 - np.sum(w * (chi_p - chi_t) ** 2) / np.sum(w * (chi_t - mean) ** 2)
