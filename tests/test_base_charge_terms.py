@@ -153,6 +153,8 @@ def test_cli_run_records_terms_and_load_rebuilds_the_corrected_base(states, tmp_
               "--valid-fraction", "0", "--force-weight", "0", "--spin-shifts"]
     assert main(common + ["--out", str(tmp_path / "x"), "--base-charge-terms"]) == 2
     assert "give --base too" in capsys.readouterr().err
+    assert main(common + ["--out", str(tmp_path / "x"), "--base", BASE, "--base-diffuse-term"]) == 2
+    assert "give --base-charge-terms too" in capsys.readouterr().err
     out = tmp_path / "ct"
     assert main(common + ["--out", str(out), "--members", "2", "--base", BASE, "--base-charge-terms"]) == 0
     record = json.loads((out / "config.json").read_text())["delta"]
@@ -185,3 +187,81 @@ def test_cli_run_records_terms_and_load_rebuilds_the_corrected_base(states, tmp_
     for k in range(len(seen)):
         assert abs(e_corr[k] - e_plain[k] - formula(base(seen.numbers[k], seen.positions[k], charge=int(seen.charge[k])),
                                                      seen.numbers[k], terms, int(seen.charge[k]))) < 1e-8
+
+
+def with_diffuse(terms, d=0.7, kind=(-1, "odd")):
+    """``terms`` with a diffuse-basis term of coefficient ``d`` in the table of ``kind``."""
+    from phai.physics.diffuse import diffuse_exponents
+
+    out = [dict(t) for t in terms]
+    for t in out:
+        if (t["charge"], t["electrons"]) == kind:
+            t["diffuse"], t["diffuse_alpha"] = d, diffuse_exponents(t["elements"]).tolist()
+    return out
+
+
+def test_diffuse_term_adds_d_times_the_orbital_energy_with_exact_forces(base64, states, x64):
+    from phai.physics.diffuse import diffuse_exponents, diffuse_orbital_energy
+
+    terms = random_terms(3)
+    plain_terms, diff = base64.with_charge_terms(terms), base64.with_charge_terms(with_diffuse(terms))
+    for k in range(len(states)):
+        z, r, q = states.numbers[k], states.positions[k], int(states.charge[k])
+        gap = diff(z, r, charge=q).energy - plain_terms(z, r, charge=q).energy
+        want = 0.7 * float(diffuse_orbital_energy(r, diffuse_exponents(z))) \
+            if me.state_kind(z, q) == (-1, "odd") else 0.0     # only the closed-shell molecules' anions
+        assert abs(gap - want) < 1e-9
+        assert want == 0.0 or want > 0.5
+    k = int(np.flatnonzero((states.molecule == "formaldehyde") & (states.charge == -1))[0])
+    z, r = states.numbers[k], states.positions[k]
+    res = diff(z, r, charge=-1)
+    h = 1e-4
+    for atom, axis in [(0, 0), (1, 2), (2, 1)]:
+        rp, rm = r.copy(), r.copy()
+        rp[atom, axis] += h
+        rm[atom, axis] -= h
+        fd = -(diff(z, rp, charge=-1).energy - diff(z, rm, charge=-1).energy) / (2 * h)
+        assert abs(fd - res.forces[atom, axis]) < 1e-6
+    efn = phai.md.aimnet2_energy(diff, space.free()[0], z, charge=-1)
+    assert abs(float(efn(jnp.asarray(r))) - res.energy) < 1e-8
+    bad = with_diffuse(terms)
+    next(t for t in bad if "diffuse" in t)["diffuse_alpha"] = [0.1]
+    with pytest.raises(ModelFileError, match="one exponent >= 0 per element"):
+        base64.with_charge_terms(bad)
+
+
+def test_fit_recovers_a_known_diffuse_coefficient(base64, x64):
+    """A residual with a known diffuse-basis coefficient on the closed-shell molecules' anions
+    (and known charge terms): the fit returns that coefficient, in that kind's table only."""
+    from phai.physics.diffuse import (
+        DIFFUSE_S_631PLUS,
+        diffuse_exponents,
+        diffuse_orbital_energy,
+    )
+
+    cs = me.read_charge_h5(DATA)
+    mols = sorted(set(cs.molecule))[::6][:40]
+    cs = cs.subset(np.flatnonzero(np.isin(cs.molecule, mols)))
+    q, q2 = me.base_state_charges(cs, base64)
+    elements = [1, 6, 7, 8]
+    truth = {(t["charge"], t["electrons"]): t for t in random_terms(4)}
+    y = []
+    for k in range(len(cs)):
+        z, kind = cs.numbers[k], me.state_kind(cs.numbers[k], cs.charge[k])
+        t = truth[kind]
+        a, b = dict(zip(t["elements"], t["a"])), dict(zip(t["elements"], t["b"]))
+        e = sum(a[int(zi)] * x + b[int(zi)] * x2 for zi, x, x2 in zip(z, q[k], q2[k])) + 0.1 * len(z)
+        if kind == (-1, "odd"):
+            e += 0.45 * float(diffuse_orbital_energy(np.asarray(cs.positions[k]), diffuse_exponents(z)))
+        y.append(e)
+    resid = cs.subset(np.arange(len(cs)))
+    resid.energy = np.asarray(y)
+    fitted = me.fit_base_charge_terms([resid], [(q, q2)], elements, ridge=1e-10, diffuse=DIFFUSE_S_631PLUS)
+    with_d = [t for t in fitted if "diffuse" in t]
+    assert [(t["charge"], t["electrons"]) for t in with_d] == [(-1, "odd")]
+    assert abs(with_d[0]["diffuse"] - 0.45) < 1e-3
+    assert with_d[0]["diffuse_alpha"] == diffuse_exponents(elements).tolist()
+    plain = me.fit_base_charge_terms([resid], [(q, q2)], elements, ridge=1e-10)
+    assert all("diffuse" not in t for t in plain)
+    with pytest.raises(InputError, match="set base_charge_terms too"):
+        me.AIMNetMETrainer(me.MEConfig(base=BASE, base_diffuse_term=True), cs, None, None)

@@ -1,6 +1,6 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
 [--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
-[--size tiny|small|default] [--base MODEL [--base-charge-terms]] [--members K]``
+[--size tiny|small|default] [--base MODEL [--base-charge-terms [--base-diffuse-term]]] [--members K]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
@@ -19,6 +19,10 @@ energy in the base's own atomic charges, ``sum_i a q_i + b q_i^2`` per element f
 charge and electron-count parity (an electronegativity and hardness shift: it corrects ion
 energies where the hole or the extra electron sits), then learn the network on top of base +
 that term; ``phai.load(DIR)`` rebuilds the corrected base from the folder's record.
+``--base-diffuse-term`` (with ``--base-charge-terms``): the fit also gets, for the anions of
+closed-shell molecules (mostly unbound at 6-31+G(d), their extra electron held by the basis'
+diffuse functions), a term in the kinetic energy of the most diffuse orbital of the 6-31+G(d)
+diffuse s functions at the geometry (:mod:`phai.physics.diffuse`). Only for 6-31+G(d) labels.
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -64,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--base-charge-terms", action="store_true",
                    help="with an AIMNet2 --base: fit an energy in the base's own atomic charges first (per element, "
                         "total charge and electron parity), then the network on top")
+    p.add_argument("--base-diffuse-term", action="store_true",
+                   help="with --base-charge-terms: add the 6-31+G(d) diffuse-basis term of the anions of "
+                        "closed-shell molecules to that fit (phai.physics.diffuse)")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
@@ -84,6 +91,8 @@ def run(args) -> int:
         raise InputError(f"--diff-weight must be >= 0, got {args.diff_weight}")
     if args.base_charge_terms and not args.base:
         raise InputError("--base-charge-terms corrects a base model: give --base too (e.g. aimnet2-b973c)")
+    if args.base_diffuse_term and not args.base_charge_terms:
+        raise InputError("--base-diffuse-term is part of the charge-term fit: give --base-charge-terms too")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     data = read_charge_data(args.data)
@@ -95,7 +104,7 @@ def run(args) -> int:
                        lr=args.lr, seed=args.seed + k, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, diff_weight=args.diff_weight,
                        spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base,
-                       base_charge_terms=args.base_charge_terms)
+                       base_charge_terms=args.base_charge_terms, base_diffuse_term=args.base_diffuse_term)
 
         def show(row, k=k):
             keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")

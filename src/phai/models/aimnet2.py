@@ -65,6 +65,7 @@ import numpy as np
 from ..errors import InputError, ModelFileError
 from ..geometry import cosine_cutoff, dense_from_pairs, neighbor_pairs, neighbor_vectors
 from ..physics.coulomb import coulomb_energy
+from ..physics.diffuse import diffuse_orbital_energy
 from ..physics.dispersion import D3BJParams, d3bj_energy
 from ..structures import SYMBOLS, as_structure_list, bucket, validate_structure
 
@@ -524,7 +525,8 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     """The three message passes, the energy head and the Coulomb term, shared by the fast and the
     plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
     the first pass). ``charge_terms [S, 2]``: adds :func:`charge_term_energy` of the final charges
-    (None: nothing). Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    (None: nothing); ``[S, 4]``: also ``d`` (column 3, any row) times the
+    :func:`~phai.physics.diffuse.diffuse_orbital_energy` of the per-species exponents in column 2. Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
     maskf = atom_mask.astype(positions.dtype)
     q = None
     for k in range(2):
@@ -539,6 +541,9 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     e_local = jnp.sum(e_atom * maskf)
     if charge_terms is not None:
         e_local = e_local + charge_term_energy(q, species, atom_mask, charge_terms)
+        if charge_terms.shape[1] == 4:   # a table with a diffuse-basis term (static shape: only those pay)
+            alpha = charge_terms.astype(positions.dtype)[species, 2] * maskf
+            e_local = e_local + charge_terms[0, 3].astype(positions.dtype) * diffuse_orbital_energy(positions, alpha)
     e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
                             half_ke=cfg.half_ke, block_size=block_size)
     return e_local + e_coul, q, e_coul
@@ -849,8 +854,16 @@ class AIMNet2:
             bad = sorted(set(zs) - set(self.elements))
             if bad:
                 raise ModelFileError(f"{self.name}: charge terms for elements the model lacks: {bad}")
-            table = np.zeros((len(self.elements), 2))
+            d = float(t.get("diffuse", 0.0) or 0.0)
+            table = np.zeros((len(self.elements), 4 if d else 2))
             table[self._species_of[zs], 0], table[self._species_of[zs], 1] = a, b
+            if d:   # a diffuse-basis term: its exponents (bohr^-2) per element, d (eV/eV) in every row
+                alpha = np.asarray(t.get("diffuse_alpha", ()), float)
+                if alpha.shape != (len(zs),) or not np.all(np.isfinite(alpha)) or np.any(alpha < 0):
+                    raise ModelFileError(f"{self.name}: a charge-term entry with 'diffuse' needs one exponent "
+                                         f">= 0 per element in 'diffuse_alpha': {t}")
+                table[self._species_of[zs], 2] = alpha
+                table[:, 3] = d
             tables[(q, parity)] = table
         return tables
 
@@ -860,7 +873,11 @@ class AIMNet2:
         ``terms``: a list of ``{"charge": Q, "electrons": "even" | "odd", "elements": [Z...],
         "a": [eV/e ...], "b": [eV/e² ...]}``; a molecule of total charge ``Q`` whose electron
         count has that parity gets ``sum_i a[Z_i] q_i + b[Z_i] q_i^2`` added to every member's
-        energy (:func:`charge_term_energy`, with each member's own charges ``q``), so forces,
+        energy (:func:`charge_term_energy`, with each member's own charges ``q``). An entry may
+        also carry ``"diffuse": d`` (eV/eV) and ``"diffuse_alpha": [bohr^-2 ...]`` (one exponent
+        per element, 0 for none): then ``d`` times the kinetic energy of the most diffuse
+        orbital of those s Gaussians (:func:`phai.physics.diffuse.diffuse_orbital_energy`, the
+        energy of an electron only a finite diffuse basis binds) is added too. Forces,
         Hessians and the jax-md energy functions include it. A state with no table is refused.
         This is the correction :class:`phai.train.aimnet_me.AIMNetMETrainer` fits with
         ``base_charge_terms`` (recorded in the Δ folder). ``None``: the model as shipped.

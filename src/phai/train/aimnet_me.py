@@ -485,7 +485,8 @@ def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
     return [{x: stored[f"{key}/{x}"] for x in fields} for key in keys]
 
 
-def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-6) -> list[dict]:
+def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-6,
+                          diffuse: dict | None = None, diffuse_kinds=((-1, "odd"),)) -> list[dict]:
     """Least squares of a Δ residual on the base model's own atomic charges: for the states of
     ``sets`` (:class:`ChargeSet` whose ``energy`` is already ``E - E_base``, eV) and their base
     charges ``q_sets`` (per set, the ``(q, q2)`` of :func:`base_state_charges`),
@@ -501,11 +502,20 @@ def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-
     shifts themselves; ``s`` and the neutral kinds' offsets are not returned (the Δ model's own
     self energies refit them).
 
+    ``diffuse``: optionally ``{Z: exponent bohr^-2}`` of the labels' diffuse s functions (e.g.
+    :data:`phai.physics.diffuse.DIFFUSE_S_631PLUS` for 6-31+G(d) labels): each kind of
+    ``diffuse_kinds`` (default the anions of closed-shell molecules, charge -1 with an odd
+    electron count) gets one more column, ``d_kind`` times the kinetic energy of the most
+    diffuse orbital of those functions (:func:`phai.physics.diffuse.diffuse_orbital_energy`),
+    returned as ``"diffuse": d`` and ``"diffuse_alpha"`` (per element) in that kind's table.
+
     Why: the base's ions carry errors a sum of atomic terms cannot represent (a vertical IP is
     intensive), but its charges say where the hole or the extra electron sits; an
     electronegativity and hardness shift per element in those charges (a charge-equilibration
     energy) corrects them. On the 254-molecule set it lifts the no-network floor's χ, η, ω R²
-    (benchmarks/README.md).
+    (benchmarks/README.md). The anions of closed-shell molecules are mostly unbound at the
+    labels' level; their extra electron sits in whatever diffuse functions the basis offers,
+    an energy the diffuse term models (:mod:`phai.physics.diffuse`).
     """
     elements = [int(z) for z in elements]
     rows_n, rows_kind, rows_q, rows_q2, y = [], [], [], [], []
@@ -522,6 +532,23 @@ def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-
     if not np.all(np.isfinite(rows_q)):
         raise InputError("the base model gives no atomic charges: charge terms need a base such as AIMNet2")
     kinds = sorted(set(rows_kind), key=lambda t: (t[0], t[1]))
+    dkinds = [t for t in kinds if diffuse is not None and t in {(int(q), str(p)) for q, p in diffuse_kinds}]
+    alpha_of = None
+    if dkinds:
+        import jax
+
+        from ..physics.diffuse import diffuse_exponents, diffuse_orbital_energy
+
+        alpha_of = diffuse_exponents(elements, diffuse)
+        eps = []
+        energy = jax.jit(diffuse_orbital_energy)    # one compilation per molecule size
+        with jax.enable_x64(True):
+            for cs in sets:
+                for k in range(len(cs)):
+                    hit = state_kind(cs.numbers[k], cs.charge[k]) in dkinds
+                    eps.append(float(energy(np.asarray(cs.positions[k], np.float64),
+                                            diffuse_exponents(cs.numbers[k], diffuse)))
+                               if hit else 0.0)
     neutral = [t for t in kinds if t[0] == 0]
     offsets = [t for t in kinds if not neutral or t != neutral[0]]
     kind_of = np.asarray([kinds.index(t) for t in rows_kind])
@@ -532,6 +559,8 @@ def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-
     for t in range(len(kinds)):
         on = (kind_of == t)[:, None]
         cols += [np.asarray(rows_q) * on, np.asarray(rows_q2) * on]
+    for t in dkinds:
+        cols.append((np.asarray(eps) * (kind_of == kinds.index(t)))[:, None])
     A = np.concatenate(cols, axis=1)
     keep = np.flatnonzero(np.abs(A).sum(axis=0) > 0)
     ata = A[:, keep].T @ A[:, keep]
@@ -545,6 +574,9 @@ def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-
         shift = coef[E + offsets.index((q, parity))] / q if q != 0 and (q, parity) in offsets else 0.0
         out.append({"charge": q, "electrons": parity, "elements": elements,
                     "a": [float(x + shift) for x in c[:E]], "b": [float(x) for x in c[E:]]})
+        if (q, parity) in dkinds:
+            out[-1]["diffuse"] = float(coef[start + 2 * E * len(kinds) + dkinds.index((q, parity))])
+            out[-1]["diffuse_alpha"] = [float(x) for x in alpha_of]
     return out
 
 
@@ -752,6 +784,10 @@ class MEConfig:
         one corrected base), then learn on top of base + that term; the folder records the
         terms and ``phai.load`` rebuilds the corrected base
         (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`).
+      base_diffuse_term: with ``base_charge_terms``: the fit also gets the diffuse-basis term
+        of the anions of closed-shell molecules (``fit_base_charge_terms(diffuse=...)`` with
+        the diffuse exponents of 6-31+G(d), :data:`phai.physics.diffuse.DIFFUSE_S_631PLUS`, the
+        basis of phai's charge labels; for labels in another basis this term does not apply).
     """
 
     model: dict | None = None
@@ -772,6 +808,7 @@ class MEConfig:
     name: str = "aimnet-me"
     base: str | None = None
     base_charge_terms: bool = False
+    base_diffuse_term: bool = False
 
     def aimnet_config(self) -> AIMNetConfig:
         d = dict(self.model or {"elements": tuple(self.elements)})
@@ -785,6 +822,8 @@ class MEConfig:
             del d["base"]
         if not d["base_charge_terms"]:
             del d["base_charge_terms"]
+        if not d["base_diffuse_term"]:
+            del d["base_diffuse_term"]
         return d
 
 
@@ -953,6 +992,8 @@ class AIMNetMETrainer:
         given = [train] + ([valid] if valid is not None and len(valid) else [])
         if config.base_charge_terms and config.base is None:
             raise InputError("base_charge_terms corrects a base model: set base too (e.g. 'aimnet2-b973c')")
+        if config.base_diffuse_term and not config.base_charge_terms:
+            raise InputError("base_diffuse_term is part of the charge-term fit: set base_charge_terms too")
         if valid is None and config.valid_fraction > 0:
             train, valid = train.split_by_molecule((1 - config.valid_fraction, config.valid_fraction), config.seed)
         if len(train) == 0:
@@ -970,8 +1011,11 @@ class AIMNetMETrainer:
             if config.base_charge_terms:   # an energy in the base's own charges, fitted first (all given states)
                 if not hasattr(base, "with_charge_terms"):
                     raise InputError(f"base_charge_terms needs an AIMNet2 base, not {config.base!r}")
+                from ..physics.diffuse import DIFFUSE_S_631PLUS
+
                 terms = fit_base_charge_terms([subtract_base(g, base, cache) for g in given],
-                                              [base_state_charges(g, base, cache) for g in given], self.cfg.elements)
+                                              [base_state_charges(g, base, cache) for g in given], self.cfg.elements,
+                                              diffuse=DIFFUSE_S_631PLUS if config.base_diffuse_term else None)
                 base = base.with_charge_terms(terms)
             train = subtract_base(train, base, cache)
             valid = subtract_base(valid, base, cache) if valid is not None and len(valid) else valid

@@ -1,0 +1,88 @@
+r"""The energy of an electron that only a finite diffuse basis holds on a molecule.
+
+Vertical anions of closed-shell molecules are mostly *unbound*: in a complete basis the extra
+electron leaves. A DFT calculation with a finite diffuse basis (6-31+G(d), ma-def2-SVP) still
+returns a finite anion energy, with the extra electron in the most diffuse functions the basis
+offers. Its energy above the neutral is then mostly the kinetic energy of the most diffuse
+orbital those functions can form, a property of the basis and the geometry, not of the
+chemistry: one oxygen's diffuse s function (water) gives a much higher value than the
+overlapping diffuse functions of ten heavy atoms. Machine-learned potentials trained on
+other data (AIMNet2) never saw this; a Δ model on such labels can use it as a feature
+(:func:`phai.train.aimnet_me.fit_base_charge_terms` with ``diffuse``).
+
+:func:`diffuse_orbital_energy` is that kinetic energy: the lowest eigenvalue ``w_0`` of
+
+.. math::  T c = w\, S c, \qquad
+   S_{ij} = \Bigl(\tfrac{4 a_i a_j}{(a_i + a_j)^2}\Bigr)^{3/4} e^{-\mu_{ij} R_{ij}^2}, \qquad
+   T_{ij} = \mu_{ij}\,(3 - 2 \mu_{ij} R_{ij}^2)\, S_{ij}, \qquad \mu_{ij} = \frac{a_i a_j}{a_i + a_j},
+
+over one normalized s Gaussian ``exp(-a_i r^2)`` per atom (the overlap and kinetic-energy
+integrals of s Gaussians, Szabo & Ostlund, Appendix A; atomic units, bohr and hartree),
+solved by :func:`phai.physics.eigen.generalized_eigh`, so it is differentiable in the
+positions (the lowest eigenvalue of a kinetic-energy matrix is not degenerate). One atom
+alone gives ``3 a / 2`` hartree.
+
+:data:`DIFFUSE_S_631PLUS` holds the exponents of the diffuse sp shells of 6-31+G(d) (Clark,
+Chandrasekhar, Spitznagel and Schleyer, J. Comput. Chem. 4, 294 (1983); the values of PySCF's
+basis library, ``tests/test_diffuse.py`` checks them against it). Hydrogen has none in
+6-31+G(d).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import InputError
+from .eigen import generalized_eigh
+
+BOHR_PER_ANGSTROM = 1.0 / 0.529177210903
+HARTREE_EV = 27.211386245988
+
+#: Exponents (bohr^-2) of the diffuse sp shell of 6-31+G(d), by atomic number.
+DIFFUSE_S_631PLUS = {3: 0.0074, 4: 0.0207, 5: 0.0315, 6: 0.0438, 7: 0.0639, 8: 0.0845, 9: 0.1076, 10: 0.13,
+                     11: 0.0076, 12: 0.0146, 13: 0.0318, 14: 0.0331, 15: 0.0348, 16: 0.0405, 17: 0.0483, 18: 0.06,
+                     19: 0.0047, 20: 0.0071}
+
+# a padded slot: a function of its own (S = 1, no coupling) far above every real orbital
+_PAD_HARTREE = 1.0e3
+
+
+def diffuse_exponents(numbers, table: dict | None = None) -> np.ndarray:
+    """``[A]`` float64: the diffuse s exponent (bohr^-2) of each atom (atomic numbers ``[A]``)
+    in ``table`` (default :data:`DIFFUSE_S_631PLUS`); 0 for an atom without one (H)."""
+    table = DIFFUSE_S_631PLUS if table is None else {int(k): float(v) for k, v in table.items()}
+    return np.asarray([table.get(int(z), 0.0) for z in np.asarray(numbers).reshape(-1)], np.float64)
+
+
+def diffuse_orbital_energy(positions, alpha):
+    """Kinetic energy (eV) of the most diffuse orbital of one s Gaussian per atom.
+
+    Args:
+      positions: ``[N, 3]`` Å (float32 or float64).
+      alpha: ``[N]`` exponents (bohr^-2); 0 marks an atom without a function (or padding).
+
+    Returns:
+      scalar eV, the lowest eigenvalue of ``T c = w S c`` (module docstring); 0 if no atom has
+      a function. Differentiable in ``positions``; jit- and vmap-compatible.
+    """
+    R = jnp.asarray(positions)
+    dtype = R.dtype
+    a = jnp.asarray(alpha, dtype)
+    if R.ndim != 2 or R.shape[-1] != 3 or a.shape != R.shape[:1]:
+        raise InputError(f"positions must be [N, 3] and alpha [N], got {R.shape} and {a.shape}")
+    on = a > 0
+    a_safe = jnp.where(on, a, 1.0)
+    x = R * BOHR_PER_ANGSTROM
+    d = x[:, None, :] - x[None, :, :]
+    both = on[:, None] & on[None, :]
+    r2 = jnp.where(both, jnp.sum(d * d, axis=-1), 0.0)     # no NaN gradient through padded pairs
+    ai, aj = a_safe[:, None], a_safe[None, :]
+    mu = ai * aj / (ai + aj)
+    S = (4.0 * ai * aj / (ai + aj) ** 2) ** 0.75 * jnp.exp(-mu * r2)
+    T = mu * (3.0 - 2.0 * mu * r2) * S
+    eye = jnp.eye(a.shape[0], dtype=dtype)
+    S = jnp.where(both, S, eye)
+    T = jnp.where(both, T, eye * _PAD_HARTREE)
+    w = generalized_eigh(T, S)[0][0]
+    return jnp.where(jnp.any(on), w * HARTREE_EV, 0.0)
