@@ -113,3 +113,9 @@ def test_main_leaves_jax_precision_as_it_found_it(tmp_path):
     f.write_text("3\n\nO 0 0 0.1173\nH 0 0.7572 -0.4692\nH 0 -0.7572 -0.4692\n")
     assert main(["energy", str(f), "--precision", "float64", "--json"]) == 0
     assert jax.config.jax_enable_x64 == before
+    # called inside a float64 context (as tests with the x64 fixture do), it must not turn
+    # float64 on globally once the context ends (it did: later float32 tests got float64)
+    with jax.enable_x64(True):
+        assert main(["energy", str(f), "--precision", "float64", "--json"]) == 0
+        assert main(["energy", str(f), "--json"]) == 0
+    assert jax.config.jax_enable_x64 == before

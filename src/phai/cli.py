@@ -215,9 +215,11 @@ def main(argv=None) -> int:
     import phai
 
     phai.enable_compilation_cache()  # the application's choice: reuse compiled code across runs
-    x64_before = jax.config.jax_enable_x64
-    if getattr(args, "precision", None) == "float64":
-        # for this command only: main() called in-process (tests, notebooks) leaves JAX as it found it
+    # for this command only: main() called in-process (tests, notebooks) leaves JAX as it found it.
+    # Only a change is undone: inside ``with jax.enable_x64(True)`` the flag reads True already, and
+    # writing that back to the global config on the way out would leave float64 on for good.
+    turn_on = getattr(args, "precision", None) == "float64" and not jax.config.jax_enable_x64
+    if turn_on:
         jax.config.update("jax_enable_x64", True)
     try:
         return args.func(args)
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
         print("phai: interrupted", file=sys.stderr)
         return 130
     finally:
-        jax.config.update("jax_enable_x64", x64_before)
+        if turn_on:
+            jax.config.update("jax_enable_x64", False)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 See :mod:`phai.physics.sto` (basis and analytic overlaps), :mod:`phai.physics.huckel`
 (Hoffmann parameters, Wolfsberg-Helmholz Hamiltonians, RDKit/YAeHMOP parity, padding
-convention) and :mod:`phai.physics.eigen` (``H C = S C E`` with a degeneracy-safe derivative).
+convention), :mod:`phai.physics.eigen` (``H C = S C E`` with a degeneracy-safe derivative) and
+:mod:`phai.physics.diffuse` (the energy of an electron only a finite diffuse basis binds).
 """
 
+from .diffuse import DIFFUSE_S_631PLUS, diffuse_exponents, diffuse_orbital_energy
 from .eigen import NonFiniteMatrixError, check_finite, generalized_eigh
 from .huckel import (
     HOFFMANN,
@@ -25,6 +27,7 @@ from .huckel import (
 from .sto import YAEHMOP_ANGSTROM_TO_BOHR, STOBasis, overlap_matrix
 
 __all__ = [
+    "DIFFUSE_S_631PLUS",
     "HOFFMANN",
     "PAD_ENERGY",
     "WOLFSBERG_HELMHOLZ_K",
@@ -36,6 +39,8 @@ __all__ = [
     "OddElectronCountError",
     "STOBasis",
     "check_finite",
+    "diffuse_exponents",
+    "diffuse_orbital_energy",
     "extended_huckel",
     "generalized_eigh",
     "huckel_batch",
