@@ -526,7 +526,8 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
     the first pass). ``charge_terms [S, 2]``: adds :func:`charge_term_energy` of the final charges
     (None: nothing); ``[S, 4]``: also ``d`` (column 3, any row) times the
-    :func:`~phai.physics.diffuse.diffuse_orbital_energy` of the per-species exponents in column 2. Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    :func:`~phai.physics.diffuse.diffuse_orbital_energy` of the per-species exponents in column 2.
+    Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
     maskf = atom_mask.astype(positions.dtype)
     q = None
     for k in range(2):
