@@ -222,8 +222,9 @@ def test_diffuse_term_adds_d_times_the_orbital_energy_with_exact_forces(base64, 
         rm[atom, axis] -= h
         fd = -(diff(z, rp, charge=-1).energy - diff(z, rm, charge=-1).energy) / (2 * h)
         assert abs(fd - res.forces[atom, axis]) < 1e-6
-    efn = phai.md.aimnet2_energy(diff, space.free()[0], z, charge=-1)
-    assert abs(float(efn(jnp.asarray(r))) - res.energy) < 1e-8
+    for fast in (True, False):    # the jax-md paths: the scatter-free one and the plain (Hessian) one
+        efn = phai.md.aimnet2_energy(diff, space.free()[0], z, charge=-1, fast=fast)
+        assert abs(float(efn(jnp.asarray(r))) - res.energy) < 1e-8
     bad = with_diffuse(terms)
     next(t for t in bad if "diffuse" in t)["diffuse_alpha"] = [0.1]
     with pytest.raises(ModelFileError, match="one exponent >= 0 per element"):

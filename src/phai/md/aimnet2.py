@@ -35,6 +35,7 @@ from ..errors import InputError, UnsupportedElementError
 from ..models.aimnet2 import (
     VMAP_MEMBERS_UP_TO,
     check_charge_multiplicity,
+    diffuse_term_energy,
     local_geometry,
     member_energy,
     member_energy_local,
@@ -131,6 +132,7 @@ def aimnet2_energy_from_neighbors(model, numbers, *, charge=0, multiplicity=None
                                        include_shifts=False, block_size=block, charge_terms=terms)[0]
 
         e_disp = d3bj_energy(R, species_j, mask, shared, shared["d3"], block_size=block)
+        e_disp = e_disp + diffuse_term_energy(R, species_j, mask, terms)   # 0 unless a diffuse-term table
         return jnp.mean(jax.lax.map(local, member, batch_size=batch)) + e_disp + shift
 
     return energy

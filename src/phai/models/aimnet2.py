@@ -499,7 +499,8 @@ def local_geometry(positions, species, neighbors, atom_mask, shared, *, cfg: AIM
 
 def charge_term_energy(q, species, atom_mask, charge_terms):
     """``sum_i a[s_i] q_i + b[s_i] q_i^2`` (eV): an energy in the atomic charges ``q [N]`` (e) with
-    per-species coefficients ``charge_terms [S, 2]`` (``a`` eV/e, ``b`` eV/e^2), padding excluded.
+    per-species coefficients ``charge_terms [S, 2]`` (``a`` eV/e, ``b`` eV/e^2; further columns,
+    :func:`diffuse_term_energy`'s, are not read), padding excluded.
 
     The correction a Δ model may fit on top of AIMNet2 (:meth:`AIMNet2.with_charge_terms`): an
     electronegativity (``a``) and hardness (``b``) shift per element, in the charges the model
@@ -507,6 +508,20 @@ def charge_term_energy(q, species, atom_mask, charge_terms):
     maskf = atom_mask.astype(q.dtype)
     c = charge_terms.astype(q.dtype)[species]
     return jnp.sum((c[:, 0] * q + c[:, 1] * q * q) * maskf)
+
+
+def diffuse_term_energy(positions, species, atom_mask, charge_terms):
+    """``d * w`` (eV): the diffuse-basis term of a ``[S, 4]`` charge-term table, else ``0``.
+
+    ``w`` is :func:`~phai.physics.diffuse.diffuse_orbital_energy` (eV) of the per-species
+    exponents in column 2 (bohr^-2, 0 = none) at ``positions [N, 3]`` (Å); ``d`` (eV/eV) is
+    column 3 (the same in every row). It depends on the geometry only, not on the member, so
+    the ensemble paths compute it once. ``charge_terms`` None or ``[S, 2]``: ``0`` (static)."""
+    if charge_terms is None or charge_terms.shape[1] != 4:
+        return jnp.zeros((), positions.dtype)
+    maskf = atom_mask.astype(positions.dtype)
+    alpha = charge_terms.astype(positions.dtype)[species, 2] * maskf
+    return charge_terms[0, 3].astype(positions.dtype) * diffuse_orbital_energy(positions, alpha)
 
 
 def state_kind(numbers, charge) -> tuple[int, str]:
@@ -524,10 +539,9 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
             include_shifts: bool, block_size: int | None, charge_terms=None):
     """The three message passes, the energy head and the Coulomb term, shared by the fast and the
     plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
-    the first pass). ``charge_terms [S, 2]``: adds :func:`charge_term_energy` of the final charges
-    (None: nothing); ``[S, 4]``: also ``d`` (column 3, any row) times the
-    :func:`~phai.physics.diffuse.diffuse_orbital_energy` of the per-species exponents in column 2.
-    Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    the first pass). ``charge_terms [S, 2]`` or ``[S, 4]``: adds :func:`charge_term_energy` of the
+    final charges (None: nothing); the member-independent :func:`diffuse_term_energy` of an
+    ``[S, 4]`` table is left to the callers. Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
     maskf = atom_mask.astype(positions.dtype)
     q = None
     for k in range(2):
@@ -542,9 +556,6 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     e_local = jnp.sum(e_atom * maskf)
     if charge_terms is not None:
         e_local = e_local + charge_term_energy(q, species, atom_mask, charge_terms)
-        if charge_terms.shape[1] == 4:   # a table with a diffuse-basis term (static shape: only those pay)
-            alpha = charge_terms.astype(positions.dtype)[species, 2] * maskf
-            e_local = e_local + charge_terms[0, 3].astype(positions.dtype) * diffuse_orbital_energy(positions, alpha)
     e_coul = coulomb_energy(positions, q, atom_mask, switch_radius=cfg.coulomb_switch_radius,
                             half_ke=cfg.half_ke, block_size=block_size)
     return e_local + e_coul, q, e_coul
@@ -553,7 +564,8 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
 def member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask, total_charge, *,
                         cfg: AIMNet2Config, include_shifts: bool = True, block_size: int | None = None,
                         charge_terms=None):
-    """One member's energy without the (member-independent) D3 term, from :func:`local_geometry`.
+    """One member's energy without the member-independent D3 and diffuse-basis
+    (:func:`diffuse_term_energy`) terms, from :func:`local_geometry`.
 
     Differentiable (reverse mode, first order) in ``geometry`` and ``positions`` (the Coulomb
     term); :func:`member_energy` and :func:`ensemble_outputs` chain the geometry's VJP.
@@ -599,19 +611,20 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
         list); False: the plain gathers, differentiable to any order (Hessians).
       charge_terms: optional ``[S, 2]`` per-species coefficients of :func:`charge_term_energy`,
         added to the energy (a fitted correction, :meth:`AIMNet2.with_charge_terms`; None: the
-        pretrained model as shipped).
+        pretrained model as shipped); ``[S, 4]`` adds :func:`diffuse_term_energy` too.
 
     Returns:
       ``(energy, aux)``: scalar eV; ``aux`` dict with ``charges [N]`` (e, padding 0),
       ``coulomb``, ``dispersion`` (eV).
     """
     e_disp = d3bj_energy(positions, species, atom_mask, shared, shared["d3"], block_size=block_size)
+    e_disp_all = e_disp + diffuse_term_energy(positions, species, atom_mask, charge_terms)
     if fast:
         geometry = local_geometry(positions, species, neighbors, atom_mask, shared, cfg=cfg)
         e, aux = member_energy_local(params, shared, geometry, positions, species, neighbors, atom_mask,
                                      total_charge, cfg=cfg, include_shifts=include_shifts, block_size=block_size,
                                      charge_terms=charge_terms)
-        return e + e_disp, {**aux, "dispersion": e_disp}
+        return e + e_disp_all, {**aux, "dispersion": e_disp}
     dtype = positions.dtype
     n = positions.shape[0]
     maskf = atom_mask.astype(dtype)
@@ -627,7 +640,7 @@ def member_energy(params, shared, positions, species, neighbors, atom_mask, tota
 
     e, q, e_coul = _passes(params, inputs, a, q_total, positions, species, atom_mask, cfg=cfg,
                            include_shifts=include_shifts, block_size=block_size, charge_terms=charge_terms)
-    return e + e_disp, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
+    return e + e_disp_all, {"charges": q, "coulomb": e_coul, "dispersion": e_disp}
 
 
 def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_mask, total_charge, *,
@@ -642,12 +655,13 @@ def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_
     Returns:
       dict with ``energy [M]`` (eV), ``forces [M, N, 3]`` (eV/Å, ``-dE/dR``), ``charges [M, N]`` (e).
 
-    What does not depend on the member is computed once: the D3 energy and its gradient, the
-    pair basis and its per-species sums (:func:`local_geometry`), whose VJP each member then
+    What does not depend on the member is computed once: the D3 energy and its gradient (and
+    the diffuse-basis term of an ``[S, 4]`` table, :func:`diffuse_term_energy`), the pair basis and its per-species sums (:func:`local_geometry`), whose VJP each member then
     applies to its own cotangent.
     """
     e_disp, g_disp = jax.value_and_grad(
-        lambda R: d3bj_energy(R, species, atom_mask, shared, shared["d3"], block_size=block_size))(positions)
+        lambda R: d3bj_energy(R, species, atom_mask, shared, shared["d3"], block_size=block_size)
+        + diffuse_term_energy(R, species, atom_mask, charge_terms))(positions)
     geometry, geometry_vjp = jax.vjp(
         lambda R: local_geometry(R, species, neighbors, atom_mask, shared, cfg=cfg), positions)
 
