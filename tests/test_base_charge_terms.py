@@ -266,3 +266,35 @@ def test_fit_recovers_a_known_diffuse_coefficient(base64, x64):
     assert all("diffuse" not in t for t in plain)
     with pytest.raises(InputError, match="set base_charge_terms too"):
         me.AIMNetMETrainer(me.MEConfig(base=BASE, base_diffuse_term=True), cs, None, None)
+
+
+def test_base_cache_keeps_the_plain_base_and_the_newest_term_tables(base64, states, tmp_path, monkeypatch, x64):
+    # every fold of every run fits its own tables: the cache keeps only the newest few of them
+    # (and always the plain base), and what it keeps is read back, not recomputed
+    monkeypatch.setattr(me, "BASE_CACHE_TERM_TABLES", 2)
+    two = states.subset(np.arange(2))
+    cache = tmp_path / "base.npz"
+    plain, _ = me.base_state_predictions(two, base64, cache)
+    termed = [base64.with_charge_terms(random_terms(seed)) for seed in (1, 2, 3)]
+    want = [me.base_state_predictions(two, t, cache)[0] for t in termed]
+
+    def term_tags():
+        with np.load(cache) as f:
+            tags = {k.split("-")[1] for k in f.files if k != me._TERM_ORDER}
+            return sorted(t for t in tags if t.startswith("t")), sum(t.startswith("p") for t in tags), \
+                [str(t) for t in f[me._TERM_ORDER]]
+
+    kept, n_plain, order = term_tags()
+    assert len(kept) == 2 and n_plain == 1 and sorted(order) == kept
+    assert not np.allclose(want[0], want[2])
+    # the kept tables and the plain base are read back: tampering shows through
+    with np.load(cache) as f:
+        tampered = {k: (f[k] + 1.0 if k.endswith("/e") else f[k]) for k in f.files}
+    np.savez(cache, **tampered)
+    np.testing.assert_allclose(me.base_state_predictions(two, base64, cache)[0], plain + 1.0, atol=1e-12)
+    np.testing.assert_allclose(me.base_state_predictions(two, termed[2], cache)[0], want[2] + 1.0, atol=1e-12)
+    # the oldest table was dropped: recomputed (untampered), which drops the next oldest
+    np.testing.assert_allclose(me.base_state_predictions(two, termed[0], cache)[0], want[0], atol=1e-9)
+    kept_after, n_plain, order_after = term_tags()      # oldest first: [t1, t2] -> [t2, t0]
+    assert n_plain == 1 and sorted(order_after) == kept_after
+    assert order_after[0] == order[1] and order_after[1] not in kept

@@ -94,6 +94,13 @@ KIND = "aimnet-me"
 BASE_PRECISION = "float64"
 """Precision of the base model's predictions that Δ runs subtract (cached once per state)."""
 
+BASE_CACHE_TERM_TABLES = 16
+"""Fitted charge-term tables whose base predictions the base cache keeps (the most recently
+written): each fold of each run fits its own, so older ones are dropped when the file is
+rewritten. The plain base's predictions are always kept."""
+
+_TERM_ORDER = "__term_tags__"     # the cache's term tags, oldest first
+
 
 # ----------------------------------------------------------------------------------- data
 @dataclasses.dataclass
@@ -424,8 +431,10 @@ def base_state_predictions(cs: ChargeSet, base, cache=None, tag: str | None = No
     charge terms if it has any), the atomic numbers, the positions (their exact float64 bits:
     positions that differ at all, e.g. the same geometry rounded by a text format, are
     different states), the charge and the multiplicity; states not in it are evaluated and the
-    file is rewritten atomically, without the entries of other code versions. Each label is
-    evaluated once however many runs (folds, seeds) use it.
+    file is rewritten atomically, without the entries of other code versions and keeping the
+    predictions of only the :data:`BASE_CACHE_TERM_TABLES` most recently written charge-term
+    tables (a tag with ``/terms-``). Each label is evaluated once however many runs (folds,
+    seeds) use it. Two processes writing one file lose entries, never correctness: a cache.
     """
     got = _base_states(cs, base, cache, tag, progress)
     return np.asarray([g["e"] for g in got], np.float64), [g["f"] for g in got]
@@ -452,17 +461,23 @@ def _base_tag(base) -> str:
 
 def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
     """Per state ``{"e", "f", "q", "q2"}`` of ``base`` (see :func:`base_state_predictions`)."""
+    import hashlib
+
     from ..atomic import atomic_output
 
     tag = tag or _base_tag(base)
     version = code_fingerprint(base) + "-"
-    keys = [version + _state_key(tag, cs.numbers[k], cs.positions[k], int(cs.charge[k]), int(cs.multiplicity[k]))
+    # "t" + 12 hex digits for a tag with fitted terms (capped, see BASE_CACHE_TERM_TABLES), "p" else
+    tag_id = ("t" if "/terms-" in tag else "p") + hashlib.sha1(tag.encode()).hexdigest()[:12]
+    keys = [version + tag_id + "-" + _state_key(tag, cs.numbers[k], cs.positions[k], int(cs.charge[k]),
+                                                int(cs.multiplicity[k]))
             for k in range(len(cs))]
     fields = ("e", "f", "q", "q2")
-    stored = {}
+    stored, order = {}, []
     if cache is not None and Path(cache).is_file():
         with np.load(cache, allow_pickle=False) as f:
             stored = {k: f[k] for k in f.files if k.startswith(version)}
+            order = [str(t) for t in f[_TERM_ORDER]] if _TERM_ORDER in f.files else []
     missing = [k for k in range(len(cs)) if any(f"{keys[k]}/{x}" not in stored for x in fields)]
     for n, k in enumerate(missing):
         r = base(cs.numbers[k], cs.positions[k], charge=int(cs.charge[k]), multiplicity=int(cs.multiplicity[k]))
@@ -478,11 +493,18 @@ def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
         stored[keys[k] + "/q2"] = np.asarray(q2, np.float64)
         if progress is not None and (n + 1) % 100 == 0:
             progress(f"base model: {n + 1}/{len(missing)} states")
+    got = [{x: stored[f"{key}/{x}"] for x in fields} for key in keys]
     if missing and cache is not None:
+        if tag_id.startswith("t"):
+            order = [t for t in order if t != tag_id] + [tag_id]
+        order = order[-BASE_CACHE_TERM_TABLES:]
+        keep = set(order)
+        n = len(version)
+        out = {k: v for k, v in stored.items() if k[n] == "p" or k[n:n + 13] in keep}
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(cache) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **stored)
-    return [{x: stored[f"{key}/{x}"] for x in fields} for key in keys]
+            np.savez(fh, **out, **{_TERM_ORDER: np.asarray(order, dtype="U13")})
+    return got
 
 
 def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-6,
