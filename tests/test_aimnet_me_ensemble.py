@@ -118,7 +118,8 @@ def test_cdft_command_on_ensemble_folders(runs, tmp_path, capsys):
     assert np.isclose(row["ip"], row["energies"][0] - row["energies"][1])
     assert row["std"]["ip"] >= 0 and set(row["std"]) == {"ip", "ea", "chi", "eta", "omega"}
     assert main(["cdft", str(path), "--model", str(delta_dir), "--precision", "float64"]) == 0
-    assert "±IP" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "±IP" in table and "±omega" in table      # every index's spread, as in the JSON
     # phai energy on the same folder: the cation's energy of the cdft row
     assert main(["energy", str(path), "--model", str(delta_dir), "--charge", "1", "--json", "--precision",
                  "float64"]) == 0

@@ -56,11 +56,12 @@ def run(args) -> int:
         else:
             rows.append((f, k, len(atoms), atoms.get_chemical_formula(), res.charges_of_states[1],
                          res.ip, res.ea, res.chi, res.eta, res.omega)
-                        + (() if res.std is None else (res.std.ip, res.std.ea, res.std.chi, res.std.eta)))
+                        + (() if res.std is None else (res.std.ip, res.std.ea, res.std.chi, res.std.eta,
+                                                              res.std.omega)))
     if not args.json:
         spread = bool(rows) and len(rows[0]) > 10 and all(len(r) == len(rows[0]) for r in rows)
         rows = rows if spread else [r[:10] for r in rows]
         _print_table(["file", "frame", "atoms", "formula", "Q", "IP / eV", "EA / eV", "chi / eV", "eta / eV",
-                      "omega / eV"] + (["±IP", "±EA", "±chi", "±eta"] if spread else []), rows,
-                     ["{}", "{}", "{}", "{}", "{:+d}"] + ["{:.4f}"] * (9 if spread else 5))
+                      "omega / eV"] + (["±IP", "±EA", "±chi", "±eta", "±omega"] if spread else []), rows,
+                     ["{}", "{}", "{}", "{}", "{:+d}"] + ["{:.4f}"] * (10 if spread else 5))
     return 0
