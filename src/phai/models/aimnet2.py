@@ -541,7 +541,8 @@ def _passes(params, inputs, a, q_total, positions, species, atom_mask, *, cfg: A
     plain contraction paths (``inputs(a, q)`` is the path's ``[N, D]`` MLP input; ``q=None`` in
     the first pass). ``charge_terms [S, 2]`` or ``[S, 4]``: adds :func:`charge_term_energy` of the
     final charges (None: nothing); the member-independent :func:`diffuse_term_energy` of an
-    ``[S, 4]`` table is left to the callers. Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
+    ``[S, 4]`` table is left to the callers.
+    Returns ``(local + Coulomb energy eV, charges [N] e, Coulomb eV)``."""
     maskf = atom_mask.astype(positions.dtype)
     q = None
     for k in range(2):
@@ -656,8 +657,9 @@ def ensemble_outputs(member_params, shared, positions, species, neighbors, atom_
       dict with ``energy [M]`` (eV), ``forces [M, N, 3]`` (eV/Å, ``-dE/dR``), ``charges [M, N]`` (e).
 
     What does not depend on the member is computed once: the D3 energy and its gradient (and
-    the diffuse-basis term of an ``[S, 4]`` table, :func:`diffuse_term_energy`), the pair basis and its per-species sums (:func:`local_geometry`), whose VJP each member then
-    applies to its own cotangent.
+    the diffuse-basis term of an ``[S, 4]`` table, :func:`diffuse_term_energy`), the pair basis
+    and its per-species sums (:func:`local_geometry`), whose VJP each member then applies to its
+    own cotangent.
     """
     e_disp, g_disp = jax.value_and_grad(
         lambda R: d3bj_energy(R, species, atom_mask, shared, shared["d3"], block_size=block_size)
