@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phai.commands.train_aimnet import diffuse_setting
 from phai.physics.cdft import cdft_indices
 from phai.train.aimnet_me import (
     EV_TO_KCALMOL,
@@ -342,7 +343,7 @@ def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
                        spin_state_shifts=args.spin_shifts, base=args.base, base_charge_terms=args.base_charge_terms,
-                       base_diffuse_term=args.base_diffuse_term, train_eval_every=args.train_eval_every)
+                       base_diffuse_term=diffuse_setting(args.base_diffuse_term), train_eval_every=args.train_eval_every)
 
         def show(row, m=m):
             if row["epoch"] % 25 == 0 or row["epoch"] == 1:
@@ -389,9 +390,9 @@ def main(argv=None) -> int:
     ap.add_argument("--base-charge-terms", action="store_true",
                     help="with --base: fit an energy in the base's own atomic charges first (per element and kind "
                          "of state, phai.train.aimnet_me.fit_base_charge_terms), then learn on top of it")
-    ap.add_argument("--base-diffuse-term", action="store_true",
-                    help="with --base-charge-terms: that fit also gets the 6-31+G(d) diffuse-basis term of the "
-                         "anions of closed-shell molecules (phai.physics.diffuse)")
+    ap.add_argument("--base-diffuse-term", nargs="?", const="6-31+G(d)", default=None, metavar="BASIS",
+                    help="with --base-charge-terms: that fit also gets the diffuse-basis term of the anions of "
+                         "closed-shell molecules, for labels in BASIS (default 6-31+G(d); phai.physics.diffuse)")
     ap.add_argument("--results", default=None,
                     help="results JSON (default: benchmarks/results/aimnet_me.json; with --rescore: none written)")
     ap.add_argument("--rescore", nargs="+", default=None, metavar="JSON",

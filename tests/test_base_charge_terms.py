@@ -21,6 +21,7 @@ from jax_md import space
 import phai
 import phai.md
 from phai.cli import main
+from phai.commands.train_aimnet import SIZES
 from phai.errors import InputError, ModelFileError
 from phai.models.aimnet_me import AIMNetMEPotential
 from phai.train import aimnet_me as me
@@ -298,3 +299,46 @@ def test_base_cache_keeps_the_plain_base_and_the_newest_term_tables(base64, stat
     kept_after, n_plain, order_after = term_tags()      # oldest first: [t1, t2] -> [t2, t0]
     assert n_plain == 1 and sorted(order_after) == kept_after
     assert order_after[0] == order[1] and order_after[1] not in kept
+
+
+def test_base_cache_is_read_once_while_the_file_is_unchanged(base64, states, tmp_path, monkeypatch, x64):
+    # a Δ run asks the cache for every set and again for the charges: the file is parsed once,
+    # and parsed again only when another process (here: a rewrite) has changed it
+    two = states.subset(np.arange(2))
+    cache = tmp_path / "base.npz"
+    first, _ = me.base_state_predictions(two, base64, cache)
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(me.np, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    for _ in range(3):
+        np.testing.assert_array_equal(me.base_state_predictions(two, base64, cache)[0], first)
+        me.base_state_charges(two, base64, cache)
+    assert loads == []
+    with real_load(cache) as f:
+        changed = {k: (f[k] + 2.0 if k.endswith("/e") else f[k]) for k in f.files}
+    np.savez(cache, **changed)
+    np.testing.assert_allclose(me.base_state_predictions(two, base64, cache)[0], first + 2.0, atol=1e-12)
+    assert len(loads) == 1
+
+
+def test_diffuse_term_takes_the_labels_basis(states, tmp_path, capsys, x64):
+    # labels in another diffuse basis get that basis' exponents in the fitted table; a basis
+    # without diffuse functions is refused before any training
+    from phai.physics.diffuse import diffuse_s_table
+
+    pytest.importorskip("pyscf")
+    cfg = me.MEConfig(base=BASE, base_charge_terms=True, base_diffuse_term="aug-cc-pVDZ", epochs=1,
+                      valid_fraction=0, model={"elements": [1, 6, 7, 8], **SIZES["tiny"]})
+    t = me.AIMNetMETrainer(cfg, states, None, None)
+    table = [x for x in t.base_record["charge_terms"] if "diffuse" in x]
+    assert [(x["charge"], x["electrons"]) for x in table] == [(-1, "odd")]
+    aug = diffuse_s_table("aug-cc-pVDZ")
+    assert table[0]["diffuse_alpha"] == [aug[z] for z in (1, 6, 7, 8)]
+    assert aug[1] == pytest.approx(0.02974)        # aug-cc-pVDZ puts one on hydrogen too
+
+    data = tmp_path / "states.extxyz"
+    me.write_charge_extxyz(data, states)
+    assert main(["train-aimnet", "--data", str(data), "--out", str(tmp_path / "x"), "--base", BASE,
+                 "--base-charge-terms", "--base-diffuse-term", "cc-pVDZ"]) == 2
+    assert "'cc-pVDZ' has no diffuse functions" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

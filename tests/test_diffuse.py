@@ -109,3 +109,25 @@ def test_gradient_matches_finite_differences_and_is_invariant(molecules, x64):
     e32 = float(jax.jit(diffuse_orbital_energy)(np.float32(r), np.float32(a)))
     assert abs(e32 - e0) < 1e-4 * abs(e0)
     assert BOHR_PER_ANGSTROM == pytest.approx(1.8897261, rel=1e-7)
+
+
+def test_other_diffuse_bases_come_from_pyscf_and_plain_ones_are_refused():
+    from phai.physics.diffuse import diffuse_s_table
+
+    pytest.importorskip("pyscf")
+    for name in ("6-31+G(d)", "6-31+g*", "6-31+G(d,p)"):
+        assert diffuse_s_table(name) == DIFFUSE_S_631PLUS
+    # the same rule through PySCF (the s functions 6-31++G(d) has and 6-31G(d) lacks): the heavy
+    # atoms' functions of 6-31+G(d), and the one '++' adds on hydrogen (0.036)
+    pp = diffuse_s_table("6-31++G(d)")
+    assert pp[1] == pytest.approx(0.036)
+    assert {z: a for z, a in pp.items() if z != 1} == pytest.approx(DIFFUSE_S_631PLUS)
+    # Kendall, Dunning and Harrison (1992): the diffuse s exponents of aug-cc-pVDZ
+    aug = diffuse_s_table("aug-cc-pVDZ")
+    assert [aug[z] for z in (1, 6, 7, 8)] == pytest.approx([0.02974, 0.04690, 0.06124, 0.07896])
+    assert 1 not in diffuse_s_table("ma-def2-SVP")      # minimal augmentation: heavy atoms only
+    for plain in ("cc-pVDZ", "6-31G(d)", "def2-SVP", "sto-3g"):
+        with pytest.raises(InputError, match="no diffuse functions"):
+            diffuse_s_table(plain)
+    with pytest.raises(InputError, match="knows no diffuse s functions"):
+        diffuse_s_table("aug-no-such-basis")

@@ -57,7 +57,7 @@ def kernel_dir(tmp_path_factory) -> Path:
     return root
 
 
-def _run(nb, folder: Path, kernel_dir: Path):
+def _run(nb, folder: Path, kernel_dir: Path, tmpdir: Path | None = None):
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
@@ -66,7 +66,10 @@ def _run(nb, folder: Path, kernel_dir: Path):
     km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ksm)
     client = nbclient.NotebookClient(nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT,
                                      resources={"metadata": {"path": str(folder)}})
-    client.execute(env=_kernel_env())  # env and cwd (from resources) go to the kernel's start
+    env = _kernel_env()
+    if tmpdir is not None:      # the kernel's temporary files (tempfile, TMPDIR) go there
+        env["TMPDIR"] = str(tmpdir)
+    client.execute(env=env)  # env and cwd (from resources) go to the kernel's start
     return nb
 
 
@@ -100,12 +103,20 @@ def test_notebook_stored_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path, kernel_dir):
+def test_notebook_executes(path, kernel_dir, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    before = set(path.parent.rglob("*"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     try:
-        _run(nb, path.parent, kernel_dir)
+        _run(nb, path.parent, kernel_dir, scratch)
     except nbclient.exceptions.CellExecutionError as exc:
         pytest.fail(f"{path.name} failed:\n{exc}", pytrace=False)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: error outputs {[(e['ename'], e['evalue']) for e in errors]}"
+    # a notebook run in the repository leaves nothing behind, there or in the temporary folder
+    left = sorted(str(p.relative_to(path.parent)) for p in set(path.parent.rglob("*")) - before
+                  if ".ipynb_checkpoints" not in p.parts)
+    assert not left, f"{path.name} left files in {path.parent}: {left}"
+    assert not list(scratch.iterdir()), f"{path.name} left temporary files: {list(scratch.iterdir())}"

@@ -1,6 +1,6 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
 [--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
-[--size tiny|small|default] [--base MODEL [--base-charge-terms [--base-diffuse-term]]] [--members K]``
+[--size tiny|small|default] [--base MODEL [--base-charge-terms [--base-diffuse-term [BASIS]]]] [--members K]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
@@ -21,8 +21,11 @@ energies where the hole or the extra electron sits), then learn the network on t
 that term; ``phai.load(DIR)`` rebuilds the corrected base from the folder's record.
 ``--base-diffuse-term`` (with ``--base-charge-terms``): the fit also gets, for the anions of
 closed-shell molecules (mostly unbound at 6-31+G(d), their extra electron held by the basis'
-diffuse functions), a term in the kinetic energy of the most diffuse orbital of the 6-31+G(d)
-diffuse s functions at the geometry (:mod:`phai.physics.diffuse`). Only for 6-31+G(d) labels.
+diffuse functions), a term in the kinetic energy of the most diffuse orbital of the labels'
+diffuse s functions at the geometry (:mod:`phai.physics.diffuse`). ``BASIS`` names the labels'
+basis: 6-31+G(d) (the default, phai's charge labels) or another diffuse basis (aug-cc-pVDZ,
+ma-def2-SVP, 6-31++G(d), def2-SVPD, ...; its diffuse s exponents from PySCF's basis library).
+A basis without diffuse functions is refused: the term models an electron only they hold.
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -35,6 +38,19 @@ arrays ``forces`` (eV/Å), ``q_alpha``, ``q_beta`` (e).
 from __future__ import annotations
 
 import json
+
+
+def diffuse_setting(basis):
+    """``MEConfig.base_diffuse_term`` from ``--base-diffuse-term [BASIS]``: False (not given), True
+    (6-31+G(d), the default), else the basis name, checked now (an unknown or non-diffuse basis is
+    an error before any training)."""
+    if basis is None:
+        return False
+    from phai.physics.diffuse import _PLUS_631, diffuse_s_table
+
+    diffuse_s_table(basis)
+    return True if basis.lower().replace(" ", "") in _PLUS_631 else str(basis)
+
 
 SIZES = {
     "tiny": {"nfeature": 8, "pair_hidden": [16], "embed_hidden": [64, 32], "update_hidden": [32],
@@ -68,9 +84,10 @@ def register(sub) -> None:
     p.add_argument("--base-charge-terms", action="store_true",
                    help="with an AIMNet2 --base: fit an energy in the base's own atomic charges first (per element, "
                         "total charge and electron parity), then the network on top")
-    p.add_argument("--base-diffuse-term", action="store_true",
-                   help="with --base-charge-terms: add the 6-31+G(d) diffuse-basis term of the anions of "
-                        "closed-shell molecules to that fit (phai.physics.diffuse)")
+    p.add_argument("--base-diffuse-term", nargs="?", const="6-31+G(d)", default=None, metavar="BASIS",
+                   help="with --base-charge-terms: add the diffuse-basis term of the anions of closed-shell "
+                        "molecules to that fit, for labels in BASIS (default 6-31+G(d); aug-cc-pVDZ, ma-def2-SVP, "
+                        "6-31++G(d), def2-SVPD, ...: the exponents from PySCF's basis library; phai.physics.diffuse)")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
@@ -95,6 +112,7 @@ def run(args) -> int:
         raise InputError("--base-diffuse-term is part of the charge-term fit: give --base-charge-terms too")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    diffuse = diffuse_setting(args.base_diffuse_term)
     data = read_charge_data(args.data)
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
     model = {"elements": elements, **SIZES[args.size]}
@@ -104,7 +122,7 @@ def run(args) -> int:
                        lr=args.lr, seed=args.seed + k, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, diff_weight=args.diff_weight,
                        spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base,
-                       base_charge_terms=args.base_charge_terms, base_diffuse_term=args.base_diffuse_term)
+                       base_charge_terms=args.base_charge_terms, base_diffuse_term=diffuse)
 
         def show(row, k=k):
             keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")

@@ -15,8 +15,8 @@ charges are the network's own (it was trained on the labels' charges, not on cor
 With ``charge_terms`` in the record (``phai train-aimnet --base-charge-terms``) the base is
 AIMNet2 plus a fitted energy in AIMNet2's own atomic charges, ``sum_i a q_i + b q_i^2`` per
 element and kind of state (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`), and with
-``--base-diffuse-term`` also a term in the 6-31+G(d) diffuse-basis orbital energy for the
-anions of closed-shell molecules (:mod:`phai.physics.diffuse`).
+``--base-diffuse-term [BASIS]`` also a term in the diffuse-basis orbital energy (the labels'
+basis, 6-31+G(d) by default) for the anions of closed-shell molecules (:mod:`phai.physics.diffuse`).
 
 **Ensemble** (``phai train-aimnet --members K``, :func:`save_ensemble`): ``config.json`` with
 ``kind`` ``"aimnet-me-ensemble"``, ``members`` (sub-folder names, each a one-model folder

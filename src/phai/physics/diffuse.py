@@ -30,6 +30,8 @@ basis library, ``tests/test_diffuse.py`` checks them against it). Hydrogen has n
 
 from __future__ import annotations
 
+import warnings
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,6 +48,72 @@ DIFFUSE_S_631PLUS = {3: 0.0074, 4: 0.0207, 5: 0.0315, 6: 0.0438, 7: 0.0639, 8: 0
 
 # a padded slot: a function of its own (S = 1, no coupling) far above every real orbital
 _PAD_HARTREE = 1.0e3
+
+
+_PLUS_631 = {"6-31+g(d)", "6-31+g*", "6-31+g(d,p)", "6-31+g**", "6-31+g"}
+
+
+def _parent_basis(name: str) -> str | None:
+    """The basis ``name`` augments (its diffuse functions removed), by the naming conventions:
+    ``aug-X`` and ``ma-X`` (Dunning, Truhlar) -> ``X``; ``6-31++G*`` -> ``6-31G*`` (Pople);
+    ``def2-XD`` -> ``def2-X`` (Rappoport and Furche's property-optimized diffuse sets); else None."""
+    import re
+
+    n = name.lower().replace(" ", "")
+    if n.startswith("aug-"):
+        return n[4:]
+    if n.startswith("ma-"):
+        return n[3:]
+    if "+" in n:
+        return n.replace("+", "")
+    if re.fullmatch(r"def2-\w+pd", n):
+        return n[:-1]
+    return None
+
+
+def diffuse_s_table(basis: str) -> dict:
+    """``{Z: exponent bohr^-2}``: the most diffuse s function that ``basis`` adds to each element
+    over the basis it augments (the s exponents of ``aug-cc-pVDZ`` that ``cc-pVDZ`` lacks, of
+    ``6-31++G(d)`` that ``6-31G(d)`` lacks, ...), from PySCF's basis library; elements it adds
+    none to (hydrogen in 6-31+G(d)) are left out. 6-31+G(d) spellings give
+    :data:`DIFFUSE_S_631PLUS` without PySCF.
+
+    Raises:
+      InputError: a basis without diffuse functions by its name (``cc-pVDZ``: the term models an
+        electron only diffuse functions hold), one PySCF does not know, or PySCF missing.
+    """
+    name = str(basis).strip()
+    if name.lower().replace(" ", "") in _PLUS_631:
+        return dict(DIFFUSE_S_631PLUS)
+    parent = _parent_basis(name)
+    if parent is None:
+        raise InputError(f"basis {name!r} has no diffuse functions by its name (expected aug-X, ma-X, 6-31+G*, "
+                         f"6-31++G*, def2-XD): the diffuse-basis term needs the labels' diffuse basis")
+    try:
+        from pyscf import gto
+        from pyscf.lib.exceptions import BasisNotFoundError
+    except ImportError as e:
+        raise InputError(f"the diffuse exponents of {name!r} come from PySCF's basis library: "
+                         f"pip install pyscf (only 6-31+G(d) is built in)") from e
+    out = {}
+    for z in range(1, 37):
+        sym = gto.param.ELEMENTS[z]
+        try:
+            with warnings.catch_warnings():      # PySCF suggests basis-set-exchange for unknown names
+                warnings.simplefilter("ignore")
+                full, base = gto.basis.load(name, sym), gto.basis.load(parent, sym)
+        except BasisNotFoundError:      # an element the basis (or its parent) lacks
+            continue
+
+        def s_exponents(shells):
+            return {round(float(p[0]), 10) for sh in shells if sh[0] == 0 for p in sh[1:]}
+
+        extra = s_exponents(full) - s_exponents(base)
+        if extra:
+            out[z] = min(extra)
+    if not out:
+        raise InputError(f"basis {name!r}: PySCF knows no diffuse s functions of it (over {parent!r})")
+    return out
 
 
 def diffuse_exponents(numbers, table: dict | None = None) -> np.ndarray:

@@ -473,11 +473,7 @@ def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
                                                 int(cs.multiplicity[k]))
             for k in range(len(cs))]
     fields = ("e", "f", "q", "q2")
-    stored, order = {}, []
-    if cache is not None and Path(cache).is_file():
-        with np.load(cache, allow_pickle=False) as f:
-            stored = {k: f[k] for k in f.files if k.startswith(version)}
-            order = [str(t) for t in f[_TERM_ORDER]] if _TERM_ORDER in f.files else []
+    stored, order = _read_base_cache(cache, version)
     missing = [k for k in range(len(cs)) if any(f"{keys[k]}/{x}" not in stored for x in fields)]
     for n, k in enumerate(missing):
         r = base(cs.numbers[k], cs.positions[k], charge=int(cs.charge[k]), multiplicity=int(cs.multiplicity[k]))
@@ -504,7 +500,39 @@ def _base_states(cs: ChargeSet, base, cache, tag, progress) -> list[dict]:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(cache) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **out, **{_TERM_ORDER: np.asarray(order, dtype="U13")})
+        _remember_base_cache(cache, version, out, order)
     return got
+
+
+# the last read or written content of each cache file, by path: reused while the file's size and
+# modification time are unchanged (one Δ run reads its cache several times: every set, then charges)
+_BASE_CACHE_MEMO: dict = {}
+
+
+def _cache_signature(path: Path):
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _read_base_cache(cache, version: str) -> tuple[dict, list]:
+    """``(entries of this code version, term-tag order)`` of a base cache file (empty if none)."""
+    if cache is None or not Path(cache).is_file():
+        return {}, []
+    path = Path(cache).resolve()
+    sig = _cache_signature(path)
+    hit = _BASE_CACHE_MEMO.get(str(path))
+    if hit is not None and hit[0] == sig and hit[1] == version:
+        return dict(hit[2]), list(hit[3])
+    with np.load(path, allow_pickle=False) as f:
+        stored = {k: f[k] for k in f.files if k.startswith(version)}
+        order = [str(t) for t in f[_TERM_ORDER]] if _TERM_ORDER in f.files else []
+    _BASE_CACHE_MEMO[str(path)] = (sig, version, dict(stored), list(order))
+    return stored, order
+
+
+def _remember_base_cache(cache, version: str, stored: dict, order: list) -> None:
+    path = Path(cache).resolve()
+    _BASE_CACHE_MEMO[str(path)] = (_cache_signature(path), version, dict(stored), list(order))
 
 
 def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-6,
@@ -807,9 +835,10 @@ class MEConfig:
         terms and ``phai.load`` rebuilds the corrected base
         (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`).
       base_diffuse_term: with ``base_charge_terms``: the fit also gets the diffuse-basis term
-        of the anions of closed-shell molecules (``fit_base_charge_terms(diffuse=...)`` with
-        the diffuse exponents of 6-31+G(d), :data:`phai.physics.diffuse.DIFFUSE_S_631PLUS`, the
-        basis of phai's charge labels; for labels in another basis this term does not apply).
+        of the anions of closed-shell molecules (``fit_base_charge_terms(diffuse=...)``) with
+        the diffuse s exponents of the labels' basis: ``True`` for 6-31+G(d) (the basis of
+        phai's charge labels, :data:`phai.physics.diffuse.DIFFUSE_S_631PLUS`), or the basis
+        name (``"aug-cc-pVDZ"``, ``"ma-def2-SVP"``, ...; :func:`phai.physics.diffuse.diffuse_s_table`).
     """
 
     model: dict | None = None
@@ -830,7 +859,7 @@ class MEConfig:
     name: str = "aimnet-me"
     base: str | None = None
     base_charge_terms: bool = False
-    base_diffuse_term: bool = False
+    base_diffuse_term: bool | str = False
 
     def aimnet_config(self) -> AIMNetConfig:
         d = dict(self.model or {"elements": tuple(self.elements)})
@@ -1033,11 +1062,13 @@ class AIMNetMETrainer:
             if config.base_charge_terms:   # an energy in the base's own charges, fitted first (all given states)
                 if not hasattr(base, "with_charge_terms"):
                     raise InputError(f"base_charge_terms needs an AIMNet2 base, not {config.base!r}")
-                from ..physics.diffuse import DIFFUSE_S_631PLUS
+                from ..physics.diffuse import diffuse_s_table
 
+                basis = config.base_diffuse_term
+                diffuse = (diffuse_s_table("6-31+G(d)" if basis is True else str(basis)) if basis else None)
                 terms = fit_base_charge_terms([subtract_base(g, base, cache) for g in given],
                                               [base_state_charges(g, base, cache) for g in given], self.cfg.elements,
-                                              diffuse=DIFFUSE_S_631PLUS if config.base_diffuse_term else None)
+                                              diffuse=diffuse)
                 base = base.with_charge_terms(terms)
             train = subtract_base(train, base, cache)
             valid = subtract_base(valid, base, cache) if valid is not None and len(valid) else valid
