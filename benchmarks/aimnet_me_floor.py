@@ -16,8 +16,9 @@ pooled CDFT R² per geometry and with every molecule weighted once (``metrics``)
 and, with ``--screen``, features a network could be given, as extra least-squares columns on top of
 ``+ diffuse`` (one joint fit: charge terms, diffuse term, offsets per (charge, multiplicity), the
 extra columns): the other shipped AIMNet2 (ωB97M-D3) as a second base, its energy difference to
-B97-3c per (charge, multiplicity), or its atomic charges per element and kind; and the ridge of
-the charge-term fit. Seconds per fold draw once the bases' predictions are cached
+B97-3c per (charge, multiplicity), or its atomic charges per element and kind; the ridge of the
+charge-term fit; intensive terms (1/N per kind), the diffuse-orbital energy of every state, its
+square, and the base's charges cubed. Seconds per fold draw once the bases' predictions are cached
 (``$PHAI_CACHE/aimnet_me_base``, computed on first use, ~0.05 s per state and base).
 
 Run::
@@ -70,16 +71,16 @@ def base_inputs(data, name):
     return e, q, q2
 
 
-def anion_diffuse_energy(data) -> np.ndarray:
+def anion_diffuse_energy(data, every_state: bool = False) -> np.ndarray:
     """``[C]`` eV: the diffuse-orbital kinetic energy (6-31+G(d)) of every anion of a closed-shell
-    molecule (charge -1, odd electron count), 0 for the other states."""
+    molecule (charge -1, odd electron count), 0 for the other states (``every_state``: of all)."""
     import jax
 
     f = jax.jit(diffuse_orbital_energy)
     out = np.zeros(len(data))
     with jax.enable_x64(True):
         for k in range(len(data)):
-            if state_kind(data.numbers[k], data.charge[k]) == (-1, "odd"):
+            if every_state or state_kind(data.numbers[k], data.charge[k]) == (-1, "odd"):
                 out[k] = float(f(np.asarray(data.positions[k], np.float64),
                                  diffuse_exponents(data.numbers[k], DIFFUSE_S_631PLUS)))
     return out
@@ -172,6 +173,17 @@ def main(argv=None) -> int:
         ew, qw, _ = base_inputs(data, OTHER)
         kind_p = [state_kind(data.numbers[k], data.charge[k]) for k in range(len(data))]
         kind_m = [(int(c), int(m)) for c, m in zip(data.charge, data.multiplicity)]
+        natoms = np.asarray([len(z) for z in data.numbers], float)
+        heavy = np.asarray([np.sum(np.asarray(z) > 1) for z in data.numbers], float)
+        extra = {   # intensive and higher-order candidates, one block of columns each
+            "+ 1/N (atoms) per (charge, multiplicity)": per_kind((1 / natoms)[:, None], kind_m),
+            "+ 1/N (heavy atoms) per (charge, multiplicity)": per_kind((1 / heavy)[:, None], kind_m),
+            "+ the diffuse-orbital energy of every state, per (charge, multiplicity)":
+                per_kind(anion_diffuse_energy(data, every_state=True)[:, None], kind_m),
+            "+ its square, for the anions of closed-shell molecules": per_kind((eps ** 2)[:, None], kind_p),
+            "+ sum of the base's q^3 per element and kind": per_kind(summed(data, [np.asarray(x) ** 3 for x in q],
+                                                                              elements), kind_p),
+        }
         base_cols = [element_counts(data.numbers, elements), per_kind(np.ones((len(data), 1)), kind_m),
                      per_kind(summed(data, q, elements), kind_p), per_kind(summed(data, q2, elements), kind_p),
                      per_kind(eps[:, None], kind_p)]
@@ -191,6 +203,8 @@ def main(argv=None) -> int:
                   joint_floor(eb, base_cols + [per_kind((ew - eb)[:, None], kind_m)], folds, data)))
         print(row("+ wB97M-D3 AIMNet2's charges per element and kind", data,
                   joint_floor(eb, base_cols + [per_kind(summed(data, qw, elements), kind_p)], folds, data)), flush=True)
+        for name, col in extra.items():
+            print(row(name, data, joint_floor(eb, base_cols + [col], folds, data)), flush=True)
     return 0
 
 
