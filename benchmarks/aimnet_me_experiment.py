@@ -343,7 +343,8 @@ def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
                        spin_state_shifts=args.spin_shifts, base=args.base, base_charge_terms=args.base_charge_terms,
-                       base_diffuse_term=diffuse_setting(args.base_diffuse_term), train_eval_every=args.train_eval_every)
+                       base_diffuse_term=diffuse_setting(args.base_diffuse_term), train_eval_every=args.train_eval_every,
+                       zero_energy_head=args.zero_energy_head)
 
         def show(row, m=m):
             if row["epoch"] % 25 == 0 or row["epoch"] == 1:
@@ -393,6 +394,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base-diffuse-term", nargs="?", const="6-31+G(d)", default=None, metavar="BASIS",
                     help="with --base-charge-terms: that fit also gets the diffuse-basis term of the anions of "
                          "closed-shell molecules, for labels in BASIS (default 6-31+G(d); phai.physics.diffuse)")
+    ap.add_argument("--zero-energy-head", action="store_true",
+                    help="start the energy head's last layer at zero: the untrained members are the floor")
     ap.add_argument("--results", default=None,
                     help="results JSON (default: benchmarks/results/aimnet_me.json; with --rescore: none written)")
     ap.add_argument("--rescore", nargs="+", default=None, metavar="JSON",

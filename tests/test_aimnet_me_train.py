@@ -323,3 +323,27 @@ def test_train_aimnet_command_passes_the_ip_ea_options(dataset, tmp_path, capsys
     z, r = MOLECULES["water"]
     e_cation, e_neutral = (pot(np.asarray(z), np.asarray(r), charge=q).energy for q in (1, 0))
     assert np.isfinite(e_cation) and e_cation != e_neutral
+
+
+def test_zero_energy_head_starts_at_the_self_energies(dataset):
+    # zero_energy_head: the untrained model predicts exactly its fitted self energies, and it
+    # still learns (the zeroed layer gets gradients, the layers below follow)
+    cfg = me.MEConfig(model=SMALL, epochs=3, batch_size=6, lr=3e-3, valid_fraction=0.0, force_weight=0.0,
+                      spin_state_shifts=True, zero_energy_head=True)
+    t = me.AIMNetMETrainer(cfg, dataset, None, None)
+    pot = t.potential(best=False, precision="float64")
+    ref = me.reference_energy(dataset.numbers, dataset.charge, t.cfg.elements, t.cfg.charge_states, t.sae,
+                              t.state_shift, dataset.multiplicity)
+    for k in range(len(dataset)):
+        r = pot(dataset.numbers[k], dataset.positions[k], charge=int(dataset.charge[k]),
+                multiplicity=int(dataset.multiplicity[k]))
+        assert abs(r.energy - ref[k]) < 1e-9
+    before = t.params
+    t.fit()
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                   before["params"], t.params["params"])
+    head = moved["energy_head"]
+    last = f"Dense_{len(SMALL['head_hidden'])}"
+    assert head[last]["kernel"] > 0 and head["Dense_0"]["kernel"] > 0
+    assert me.MEConfig(zero_energy_head=True).to_json()["zero_energy_head"] is True
+    assert "zero_energy_head" not in me.MEConfig().to_json()     # old checkpoints resume unchanged

@@ -834,6 +834,9 @@ class MEConfig:
         one corrected base), then learn on top of base + that term; the folder records the
         terms and ``phai.load`` rebuilds the corrected base
         (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`).
+      zero_energy_head: start the energy head's last layer at zero (kernel and bias), so that
+        the untrained model is exactly its self energies (on a base: the Δ run's floor) and the
+        network learns only the residual structure it finds; the default is flax's initializer.
       base_diffuse_term: with ``base_charge_terms``: the fit also gets the diffuse-basis term
         of the anions of closed-shell molecules (``fit_base_charge_terms(diffuse=...)``) with
         the diffuse s exponents of the labels' basis: ``True`` for 6-31+G(d) (the basis of
@@ -860,6 +863,7 @@ class MEConfig:
     base: str | None = None
     base_charge_terms: bool = False
     base_diffuse_term: bool | str = False
+    zero_energy_head: bool = False
 
     def aimnet_config(self) -> AIMNetConfig:
         d = dict(self.model or {"elements": tuple(self.elements)})
@@ -875,6 +879,8 @@ class MEConfig:
             del d["base_charge_terms"]
         if not d["base_diffuse_term"]:
             del d["base_diffuse_term"]
+        if not d["zero_energy_head"]:
+            del d["zero_energy_head"]
         return d
 
 
@@ -946,6 +952,16 @@ def predict_fn(model: AIMNet):
 
 
 # ------------------------------------------------------------------------------ trainer
+def zero_last_layer(params: dict, module: str) -> dict:
+    """A copy of ``params`` (flax, ``{"params": {...}}``) with the last ``Dense_k`` layer (highest
+    ``k``) of the MLP ``module`` set to zero, kernel and bias."""
+    p = jax.tree_util.tree_map(lambda x: x, params)     # new containers, same leaves
+    head = p["params"][module]
+    last = max((k for k in head if k.startswith("Dense_")), key=lambda k: int(k.split("_")[1]))
+    head[last] = {k: jnp.zeros_like(v) for k, v in head[last].items()}
+    return p
+
+
 def flatten_flax(params, prefix: str = "") -> dict[str, np.ndarray]:
     """Flax params -> ``{prefix + "params/embed/Dense_0/kernel": array}``."""
     return {prefix + k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
@@ -1095,6 +1111,8 @@ class AIMNetMETrainer:
         self.params = self.model.init(jax.random.PRNGKey(config.seed), jnp.asarray(tp.R[0], jnp.float32),
                                       jnp.asarray(tp.species[0]), jnp.asarray(tp.neighbors[0]),
                                       jnp.asarray(tp.atom_mask[0]), 0, 1)
+        if config.zero_energy_head:
+            self.params = zero_last_layer(self.params, "energy_head")
         key = json.dumps({"model": config_to_json(self.cfg), "lr": config.lr, "wd": config.weight_decay,
                           "we": config.energy_weight, "wq": config.charge_weight, "wf": config.force_weight,
                           "wd_diff": config.diff_weight,
