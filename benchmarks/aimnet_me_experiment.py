@@ -343,7 +343,8 @@ def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
                        charge_weight=args.charge_weight, valid_fraction=args.valid_fraction,
                        diff_weight=args.diff_weight, weight_decay=args.weight_decay,
                        spin_state_shifts=args.spin_shifts, base=args.base, base_charge_terms=args.base_charge_terms,
-                       base_diffuse_term=diffuse_setting(args.base_diffuse_term), train_eval_every=args.train_eval_every,
+                       base_diffuse_term=diffuse_setting(args.base_diffuse_term, args.data),
+                       train_eval_every=args.train_eval_every,
                        zero_energy_head=args.zero_energy_head)
 
         def show(row, m=m):
@@ -391,9 +392,9 @@ def main(argv=None) -> int:
     ap.add_argument("--base-charge-terms", action="store_true",
                     help="with --base: fit an energy in the base's own atomic charges first (per element and kind "
                          "of state, phai.train.aimnet_me.fit_base_charge_terms), then learn on top of it")
-    ap.add_argument("--base-diffuse-term", nargs="?", const="6-31+G(d)", default=None, metavar="BASIS",
+    ap.add_argument("--base-diffuse-term", nargs="?", const="", default=None, metavar="BASIS",
                     help="with --base-charge-terms: that fit also gets the diffuse-basis term of the anions of "
-                         "closed-shell molecules, for labels in BASIS (default 6-31+G(d); phai.physics.diffuse)")
+                         "closed-shell molecules, for labels in BASIS (default: the data file's, else 6-31+G(d))")
     ap.add_argument("--zero-energy-head", action="store_true",
                     help="start the energy head's last layer at zero: the untrained members are the floor")
     ap.add_argument("--results", default=None,
@@ -407,6 +408,7 @@ def main(argv=None) -> int:
     path = Path(args.data) if args.data else next((p for p in CANDIDATES if p.is_file()), None)
     if path is None:
         raise SystemExit("no charge data set found (give a path)")
+    args.data = str(path)
     data = read_charge_data(path)
     if args.rescore:
         res = rescore(data, args.rescore, args.results)

@@ -342,3 +342,28 @@ def test_diffuse_term_takes_the_labels_basis(states, tmp_path, capsys, x64):
                  "--base-charge-terms", "--base-diffuse-term", "cc-pVDZ"]) == 2
     assert "'cc-pVDZ' has no diffuse functions" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_diffuse_term_basis_defaults_to_the_labels_and_must_agree(tmp_path):
+    # the flag alone takes the basis an HDF5 export records in its 'level' ("uwb97x/6-31+g*/df");
+    # a named basis whose diffuse functions differ from the recorded one is refused
+    import h5py
+
+    from phai.commands.train_aimnet import diffuse_setting, labels_basis
+
+    pytest.importorskip("pyscf")
+    assert labels_basis(DATA) == "6-31+g*"
+    assert diffuse_setting(None, DATA) is False
+    assert diffuse_setting("", DATA) is True and diffuse_setting("6-31+G(d)", DATA) is True
+    with pytest.raises(InputError, match="are at 6-31\\+g\\*"):
+        diffuse_setting("aug-cc-pVDZ", DATA)
+    other = tmp_path / "aug.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["level"] = "uwb97x/aug-cc-pvdz"
+    assert diffuse_setting("", other) == "aug-cc-pvdz"
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f.attrs["level"] = "uwb97x/6-31g*"
+    with pytest.raises(InputError, match="no diffuse functions"):
+        diffuse_setting("", plain)
+    assert diffuse_setting("", tmp_path / "states.extxyz") is True      # nothing recorded: 6-31+G(d)

@@ -23,9 +23,10 @@ that term; ``phai.load(DIR)`` rebuilds the corrected base from the folder's reco
 closed-shell molecules (mostly unbound at 6-31+G(d), their extra electron held by the basis'
 diffuse functions), a term in the kinetic energy of the most diffuse orbital of the labels'
 diffuse s functions at the geometry (:mod:`phai.physics.diffuse`). ``BASIS`` names the labels'
-basis: 6-31+G(d) (the default, phai's charge labels) or another diffuse basis (aug-cc-pVDZ,
-ma-def2-SVP, 6-31++G(d), def2-SVPD, ...; its diffuse s exponents from PySCF's basis library).
-A basis without diffuse functions is refused: the term models an electron only they hold.
+basis: by default the one an HDF5 data file records in its ``level`` (phai's charge labels:
+6-31+G*), else 6-31+G(d); or another diffuse basis (aug-cc-pVDZ, ma-def2-SVP, 6-31++G(d),
+def2-SVPD, ...; its diffuse s exponents from PySCF's basis library), which must agree with the
+recorded one. A basis without diffuse functions is refused: the term models an electron only they hold.
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -40,16 +41,38 @@ from __future__ import annotations
 import json
 
 
-def diffuse_setting(basis):
-    """``MEConfig.base_diffuse_term`` from ``--base-diffuse-term [BASIS]``: False (not given), True
-    (6-31+G(d), the default), else the basis name, checked now (an unknown or non-diffuse basis is
-    an error before any training)."""
+def labels_basis(path) -> str | None:
+    """The basis of a charge data set's labels, from an HDF5 export's root ``level`` attribute
+    (``"uwb97x/6-31+g*/df"`` -> ``"6-31+g*"``); None if the file does not record one."""
+    if not str(path).lower().endswith((".h5", ".hdf5")):
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        level = f.attrs.get("level")
+    if level is None:
+        return None
+    parts = (level.decode() if isinstance(level, bytes) else str(level)).split("/")
+    return parts[1] if len(parts) > 1 and parts[1] else None
+
+
+def diffuse_setting(basis, data=None):
+    """``MEConfig.base_diffuse_term`` from ``--base-diffuse-term [BASIS]``: False (not given); else
+    the basis, checked now (an unknown or non-diffuse basis is an error before any training):
+    ``""`` (the flag alone) means the labels' own basis when ``data`` records one, else 6-31+G(d);
+    a named basis must agree with the one ``data`` records. True stands for 6-31+G(d)."""
     if basis is None:
         return False
+    from phai.errors import InputError
     from phai.physics.diffuse import _PLUS_631, diffuse_s_table
 
-    diffuse_s_table(basis)
-    return True if basis.lower().replace(" ", "") in _PLUS_631 else str(basis)
+    recorded = labels_basis(data) if data is not None else None
+    name = basis or recorded or "6-31+G(d)"
+    table = diffuse_s_table(name)
+    if recorded is not None and diffuse_s_table(recorded) != table:
+        raise InputError(f"--base-diffuse-term {name}: the labels in {data} are at {recorded} (their 'level'), "
+                         f"whose diffuse functions differ")
+    return True if name.lower().replace(" ", "") in _PLUS_631 else str(name)
 
 
 SIZES = {
@@ -84,10 +107,11 @@ def register(sub) -> None:
     p.add_argument("--base-charge-terms", action="store_true",
                    help="with an AIMNet2 --base: fit an energy in the base's own atomic charges first (per element, "
                         "total charge and electron parity), then the network on top")
-    p.add_argument("--base-diffuse-term", nargs="?", const="6-31+G(d)", default=None, metavar="BASIS",
+    p.add_argument("--base-diffuse-term", nargs="?", const="", default=None, metavar="BASIS",
                    help="with --base-charge-terms: add the diffuse-basis term of the anions of closed-shell "
-                        "molecules to that fit, for labels in BASIS (default 6-31+G(d); aug-cc-pVDZ, ma-def2-SVP, "
-                        "6-31++G(d), def2-SVPD, ...: the exponents from PySCF's basis library; phai.physics.diffuse)")
+                        "molecules to that fit, for labels in BASIS (default: the basis the data file records, "
+                        "else 6-31+G(d); aug-cc-pVDZ, ma-def2-SVP, 6-31++G(d), def2-SVPD, ...: the exponents from "
+                        "PySCF's basis library; phai.physics.diffuse)")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
@@ -108,11 +132,11 @@ def run(args) -> int:
         raise InputError(f"--diff-weight must be >= 0, got {args.diff_weight}")
     if args.base_charge_terms and not args.base:
         raise InputError("--base-charge-terms corrects a base model: give --base too (e.g. aimnet2-b973c)")
-    if args.base_diffuse_term and not args.base_charge_terms:
+    if args.base_diffuse_term is not None and not args.base_charge_terms:
         raise InputError("--base-diffuse-term is part of the charge-term fit: give --base-charge-terms too")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
-    diffuse = diffuse_setting(args.base_diffuse_term)
+    diffuse = diffuse_setting(args.base_diffuse_term, args.data)
     data = read_charge_data(args.data)
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})
     model = {"elements": elements, **SIZES[args.size]}
