@@ -837,6 +837,7 @@ class MEConfig:
       zero_energy_head: start the energy head's last layer at zero (kernel and bias), so that
         the untrained model is exactly its self energies (on a base: the Δ run's floor) and the
         network learns only the residual structure it finds; the default is flax's initializer.
+        On phai's charge set it changed the held-out CDFT R² by less than 0.005 (benchmarks/README.md).
       base_diffuse_term: with ``base_charge_terms``: the fit also gets the diffuse-basis term
         of the anions of closed-shell molecules (``fit_base_charge_terms(diffuse=...)``) with
         the diffuse s exponents of the labels' basis: ``True`` for 6-31+G(d) (the basis of
