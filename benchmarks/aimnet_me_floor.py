@@ -39,11 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aimnet_me_experiment import folds_by_molecule, metrics
 
 from phai.models.aimnet2 import state_kind
-from phai.physics.diffuse import (
-    DIFFUSE_S_631PLUS,
-    diffuse_exponents,
-    diffuse_orbital_energy,
-)
+from phai.physics.diffuse import DIFFUSE_S_631PLUS, diffuse_state_energies
 from phai.train.aimnet_me import (
     base_cache_path,
     base_state_charges,
@@ -74,16 +70,8 @@ def base_inputs(data, name):
 def anion_diffuse_energy(data, every_state: bool = False) -> np.ndarray:
     """``[C]`` eV: the diffuse-orbital kinetic energy (6-31+G(d)) of every anion of a closed-shell
     molecule (charge -1, odd electron count), 0 for the other states (``every_state``: of all)."""
-    import jax
-
-    f = jax.jit(diffuse_orbital_energy)
-    out = np.zeros(len(data))
-    with jax.enable_x64(True):
-        for k in range(len(data)):
-            if every_state or state_kind(data.numbers[k], data.charge[k]) == (-1, "odd"):
-                out[k] = float(f(np.asarray(data.positions[k], np.float64),
-                                 diffuse_exponents(data.numbers[k], DIFFUSE_S_631PLUS)))
-    return out
+    select = None if every_state else [state_kind(z, c) == (-1, "odd") for z, c in zip(data.numbers, data.charge)]
+    return diffuse_state_energies(data.numbers, data.positions, DIFFUSE_S_631PLUS, select)
 
 
 def term_energy(data, q, q2, eps, tables) -> np.ndarray:

@@ -64,7 +64,7 @@ def diffuse_setting(basis, data=None):
     if basis is None:
         return False
     from phai.errors import InputError
-    from phai.physics.diffuse import _PLUS_631, diffuse_s_table
+    from phai.physics.diffuse import DIFFUSE_S_631PLUS, diffuse_s_table
 
     recorded = labels_basis(data) if data is not None else None
     name = basis or recorded or "6-31+G(d)"
@@ -72,7 +72,7 @@ def diffuse_setting(basis, data=None):
     if recorded is not None and diffuse_s_table(recorded) != table:
         raise InputError(f"--base-diffuse-term {name}: the labels in {data} are at {recorded} (their 'level'), "
                          f"whose diffuse functions differ")
-    return True if name.lower().replace(" ", "") in _PLUS_631 else str(name)
+    return True if table == DIFFUSE_S_631PLUS else str(name)     # True: the built-in 6-31+G(d) table
 
 
 SIZES = {

@@ -154,3 +154,19 @@ def diffuse_orbital_energy(positions, alpha):
     T = jnp.where(both, T, eye * _PAD_HARTREE)
     w = generalized_eigh(T, S)[0][0]
     return jnp.where(jnp.any(on), w * HARTREE_EV, 0.0)
+
+
+def diffuse_state_energies(numbers: list, positions: list, table: dict | None = None, select=None) -> np.ndarray:
+    """``[C]`` float64 eV: :func:`diffuse_orbital_energy` of each structure (``numbers`` and
+    ``positions``: ``C`` arrays ``[A]`` and ``[A, 3]`` Å) with the exponents of ``table``
+    (:func:`diffuse_exponents`), evaluated in float64 where ``select [C]`` (bool, default all)
+    is true and 0 elsewhere. One compilation per structure size."""
+    import jax
+
+    on = np.ones(len(numbers), bool) if select is None else np.asarray(select, bool)
+    energy = jax.jit(diffuse_orbital_energy)
+    out = np.zeros(len(numbers))
+    with jax.enable_x64(True):
+        for k in np.flatnonzero(on):
+            out[k] = float(energy(np.asarray(positions[k], np.float64), diffuse_exponents(numbers[k], table)))
+    return out

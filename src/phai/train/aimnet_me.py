@@ -583,22 +583,14 @@ def fit_base_charge_terms(sets: list, q_sets: list, elements, ridge: float = 1e-
         raise InputError("the base model gives no atomic charges: charge terms need a base such as AIMNet2")
     kinds = sorted(set(rows_kind), key=lambda t: (t[0], t[1]))
     dkinds = [t for t in kinds if diffuse is not None and t in {(int(q), str(p)) for q, p in diffuse_kinds}]
-    alpha_of = None
+    alpha_of, eps = None, None
     if dkinds:
-        import jax
-
-        from ..physics.diffuse import diffuse_exponents, diffuse_orbital_energy
+        from ..physics.diffuse import diffuse_exponents, diffuse_state_energies
 
         alpha_of = diffuse_exponents(elements, diffuse)
-        eps = []
-        energy = jax.jit(diffuse_orbital_energy)    # one compilation per molecule size
-        with jax.enable_x64(True):
-            for cs in sets:
-                for k in range(len(cs)):
-                    hit = state_kind(cs.numbers[k], cs.charge[k]) in dkinds
-                    eps.append(float(energy(np.asarray(cs.positions[k], np.float64),
-                                            diffuse_exponents(cs.numbers[k], diffuse)))
-                               if hit else 0.0)
+        eps = np.concatenate([diffuse_state_energies(cs.numbers, cs.positions, diffuse,
+                                                     [state_kind(z, c) in dkinds for z, c in zip(cs.numbers, cs.charge)])
+                              for cs in sets])
     neutral = [t for t in kinds if t[0] == 0]
     offsets = [t for t in kinds if not neutral or t != neutral[0]]
     kind_of = np.asarray([kinds.index(t) for t in rows_kind])
