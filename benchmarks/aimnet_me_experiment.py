@@ -345,7 +345,7 @@ def train_members(args, train: ChargeSet, elements, out: Path, log) -> list:
                        spin_state_shifts=args.spin_shifts, base=args.base, base_charge_terms=args.base_charge_terms,
                        base_diffuse_term=diffuse_setting(args.base_diffuse_term, args.data),
                        train_eval_every=args.train_eval_every,
-                       zero_energy_head=args.zero_energy_head)
+                       zero_energy_head=args.zero_energy_head, base_charge_inputs=args.base_charge_inputs)
 
         def show(row, m=m):
             if row["epoch"] % 25 == 0 or row["epoch"] == 1:
@@ -395,6 +395,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base-diffuse-term", nargs="?", const="", default=None, metavar="BASIS",
                     help="with --base-charge-terms: that fit also gets the diffuse-basis term of the anions of "
                          "closed-shell molecules, for labels in BASIS (default: the data file's, else 6-31+G(d))")
+    ap.add_argument("--base-charge-inputs", action="store_true",
+                    help="with --base: the network also reads the base's atomic charges of each state")
     ap.add_argument("--zero-energy-head", action="store_true",
                     help="start the energy head's last layer at zero: the untrained members are the floor")
     ap.add_argument("--results", default=None,

@@ -1,6 +1,7 @@
 """``phai train-aimnet --data FILE --out DIR [--epochs N] [--batch-size B] [--lr X] [--seed S]
 [--force-weight W] [--charge-weight W] [--diff-weight W] [--spin-shifts] [--valid-fraction F]
-[--size tiny|small|default] [--base MODEL [--base-charge-terms [--base-diffuse-term [BASIS]]]] [--members K]``
+[--size tiny|small|default] [--base MODEL [--base-charge-terms [--base-diffuse-term [BASIS]]]
+[--base-charge-inputs]] [--members K]``
 
 Trains an AIMNet-ME model (charge states, spin, NSE spin-resolved charges;
 :mod:`phai.train.aimnet_me`) and writes it to ``DIR``: ``phai.load(DIR)`` is a charge-aware
@@ -27,6 +28,9 @@ basis: by default the one an HDF5 data file records in its ``level`` (phai's cha
 6-31+G*), else 6-31+G(d); or another diffuse basis (aug-cc-pVDZ, ma-def2-SVP, 6-31++G(d),
 def2-SVPD, ...; its diffuse s exponents from PySCF's basis library), which must agree with the
 recorded one. A basis without diffuse functions is refused: the term models an electron only they hold.
+``--base-charge-inputs`` (with an AIMNet2 ``--base``): the network also reads the base's atomic
+charges of each state (added to the initial atomic feature vectors and read by the energy head);
+``phai.load(DIR)`` runs the base first and its forces include the term through those charges.
 ``--members K``: K models with seeds ``S .. S + K - 1`` in ``DIR/member0 ..``, and ``DIR``
 an ensemble folder: ``phai.load(DIR)`` is one model, the members' mean (their spread in
 ``energy_std``; ``phai cdft`` prints the spread of each index).
@@ -112,6 +116,8 @@ def register(sub) -> None:
                         "molecules to that fit, for labels in BASIS (default: the basis the data file records, "
                         "else 6-31+G(d); aug-cc-pVDZ, ma-def2-SVP, 6-31++G(d), def2-SVPD, ...: the exponents from "
                         "PySCF's basis library; phai.physics.diffuse)")
+    p.add_argument("--base-charge-inputs", action="store_true",
+                   help="with an AIMNet2 --base: the network also reads the base's atomic charges of each state")
     p.add_argument("--members", type=int, default=1,
                    help="ensemble of K models (seeds S..S+K-1) in DIR/member<k>; phai.load(DIR) is their mean")
     p.set_defaults(func=run)
@@ -134,6 +140,8 @@ def run(args) -> int:
         raise InputError("--base-charge-terms corrects a base model: give --base too (e.g. aimnet2-b973c)")
     if args.base_diffuse_term is not None and not args.base_charge_terms:
         raise InputError("--base-diffuse-term is part of the charge-term fit: give --base-charge-terms too")
+    if args.base_charge_inputs and not args.base:
+        raise InputError("--base-charge-inputs gives the network a base model's charges: give --base too")
     if not 0 <= args.valid_fraction < 1:
         raise InputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     diffuse = diffuse_setting(args.base_diffuse_term, args.data)
@@ -146,7 +154,8 @@ def run(args) -> int:
                        lr=args.lr, seed=args.seed + k, force_weight=args.force_weight,
                        charge_weight=args.charge_weight, diff_weight=args.diff_weight,
                        spin_state_shifts=args.spin_shifts, valid_fraction=args.valid_fraction, base=args.base,
-                       base_charge_terms=args.base_charge_terms, base_diffuse_term=diffuse)
+                       base_charge_terms=args.base_charge_terms, base_diffuse_term=diffuse,
+                       base_charge_inputs=args.base_charge_inputs)
 
         def show(row, k=k):
             keys = ("epoch", "lr", "train_energy_rmse", "val_energy_rmse", "val_charge_rmse")

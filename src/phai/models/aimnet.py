@@ -76,6 +76,10 @@ class AIMNetConfig:
       charge_equilibration: constrain charges to the total charge (NSE).
       nse_eps: the epsilon of NSE.
       activation: "gelu" or "elu".
+      atom_inputs: per-atom input channels the caller supplies (0: none). AIMNet-ME Δ models
+        with ``MEConfig.base_charge_inputs`` take the base model's atomic charges of the same
+        state here (one channel, e): a learned linear map of them is added to the initial AFVs
+        and the energy head reads them beside ``[M_i, q^alpha_i, q^beta_i]``.
     """
 
     elements: tuple[int, ...] = (1, 6, 7, 8)
@@ -101,6 +105,7 @@ class AIMNetConfig:
     charge_equilibration: bool = True
     nse_eps: float = 1e-6
     activation: str = "gelu"
+    atom_inputs: int = 0
 
     @property
     def n_angular(self) -> int:
@@ -176,16 +181,17 @@ class AIMNet(nn.Module):
     """AIMNet / AIMNet-ME on one molecule (untrained until fitted).
 
     Call: ``model.apply(params, positions [N, 3] Å, species [N] int, neighbors [N, K],
-    atom_mask [N] bool, total_charge (e), multiplicity)`` -> dict with ``energy`` (eV, scalar),
+    atom_mask [N] bool, total_charge (e), multiplicity, atom_inputs [N, P])`` -> dict with ``energy`` (eV, scalar),
     ``atomic_energies [N]``, ``charges [N]`` (e; ``q^alpha + q^beta``), ``charges_alpha``,
     ``charges_beta`` ``[N]``, ``aim [N, aim_size]``. ``total_charge`` must be one of
-    ``cfg.charge_states`` for ME models (checked on the host by :func:`check_state`).
+    ``cfg.charge_states`` for ME models (checked on the host by :func:`check_state`);
+    ``atom_inputs`` (``P = cfg.atom_inputs`` channels) is required when ``P > 0`` and ignored when 0.
     """
 
     cfg: AIMNetConfig
 
     @nn.compact
-    def __call__(self, positions, species, neighbors, atom_mask, total_charge=0, multiplicity=1):
+    def __call__(self, positions, species, neighbors, atom_mask, total_charge=0, multiplicity=1, atom_inputs=None):
         cfg = self.cfg
         dtype = positions.dtype
         n, f = positions.shape[0], cfg.nfeature
@@ -206,6 +212,13 @@ class AIMNet(nn.Module):
             a = a + spin.astype(dtype)[m_idx][None, :]
         else:
             a = afv.astype(dtype)[0][species]
+        x_in = None
+        if cfg.atom_inputs:
+            if atom_inputs is None or atom_inputs.shape != (n, cfg.atom_inputs):
+                raise ValueError(f"this AIMNet takes atom_inputs of shape {(n, cfg.atom_inputs)}, got "
+                                 f"{None if atom_inputs is None else atom_inputs.shape}")
+            x_in = atom_inputs.astype(dtype) * maskf[:, None]
+            a = a + nn.Dense(f, param_dtype=jnp.float32, dtype=dtype, name="input_embed")(x_in)
         a = a * maskf[:, None]
 
         pair_mlp = MLP(tuple(cfg.pair_hidden) + (f,), cfg.activation, final_activation=True, name="pair")
@@ -245,24 +258,31 @@ class AIMNet(nn.Module):
         if not cfg.charge_spin:
             qs = jnp.concatenate([0.5 * qs, 0.5 * qs], axis=-1)                # alpha = beta
         shift = self.param("atomic_shift", nn.initializers.zeros, (len(cfg.elements),), jnp.float32)
+        head_in = [aim, qs] if x_in is None else [aim, qs, x_in]
         e_atom = MLP(tuple(cfg.head_hidden) + (1,), cfg.activation, name="energy_head")(
-            jnp.concatenate([aim, qs], axis=-1))[:, 0] + shift.astype(dtype)[species]
+            jnp.concatenate(head_in, axis=-1))[:, 0] + shift.astype(dtype)[species]
         e_atom = e_atom * maskf
         return {"energy": jnp.sum(e_atom), "atomic_energies": e_atom, "charges": qs[:, 0] + qs[:, 1],
                 "charges_alpha": qs[:, 0], "charges_beta": qs[:, 1], "aim": aim}
 
 
-def state_outputs(model: AIMNet, params, positions, species, neighbors, atom_mask, total_charge, multiplicity):
-    """``(energy eV, forces [N, 3] eV/Å, q_alpha [N] e, q_beta [N] e)`` of one padded molecule
-    in one charge/spin state: the network energy (self energies not included) and
-    ``-dE/dR``. Pure; the potentials and the trainer jit (and vmap) it."""
+def state_outputs(model: AIMNet, params, positions, species, neighbors, atom_mask, total_charge, multiplicity,
+                  atom_inputs=None):
+    """``(energy eV, forces [N, 3] eV/Å, q_alpha [N] e, q_beta [N] e, dE/d atom_inputs [N, P])`` of
+    one padded molecule in one charge/spin state: the network energy (self energies not
+    included), ``-dE/dR`` at fixed ``atom_inputs`` (a caller whose inputs depend on the positions,
+    such as a base model's charges, adds its chain-rule term with the last output; ``P = 0``:
+    an empty ``[N, 0]``). Pure; the potentials and the trainer jit (and vmap) it."""
+    if atom_inputs is None:
+        atom_inputs = jnp.zeros((positions.shape[0], 0), positions.dtype)
 
-    def energy(r):
-        out = model.apply(params, r, species, neighbors, atom_mask, total_charge, multiplicity)
+    def energy(r, x):
+        out = model.apply(params, r, species, neighbors, atom_mask, total_charge, multiplicity,
+                          x if model.cfg.atom_inputs else None)
         return out["energy"], out
 
-    (e, out), g = jax.value_and_grad(energy, has_aux=True)(positions)
-    return e, -g, out["charges_alpha"], out["charges_beta"]
+    (e, out), (g, gx) = jax.value_and_grad(energy, argnums=(0, 1), has_aux=True)(positions, atom_inputs)
+    return e, -g, out["charges_alpha"], out["charges_beta"], gx
 
 
 def check_state(cfg: AIMNetConfig, numbers, charge, multiplicity) -> None:

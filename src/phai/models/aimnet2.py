@@ -54,6 +54,7 @@ lists use the sentinel ``N``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import NamedTuple
@@ -698,6 +699,25 @@ def _ensemble_jit(member_params, shared, positions, species, neighbors, atom_mas
                             member_batch=member_batch, charge_terms=charge_terms)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "member_batch"))
+def _charges_vjp_jit(member_params, shared, positions, species, neighbors, atom_mask, total_charge, cotangent, *,
+                     cfg, member_batch):
+    """``sum_i c_i d qbar_i / dR [N, 3]``: the VJP of the ensemble-mean charges ``qbar [N]`` (e)
+    with the cotangent ``c [N]`` (e.g. eV/e: then eV/Å), reverse mode through the fast path."""
+
+    def mean_charges(r):
+        geometry = local_geometry(r, species, neighbors, atom_mask, shared, cfg=cfg)
+
+        def one(p):
+            return member_energy_local(p, shared, geometry, r, species, neighbors, atom_mask, total_charge,
+                                       cfg=cfg, include_shifts=False)[1]["charges"]
+
+        m = jax.tree_util.tree_leaves(member_params)[0].shape[0]
+        return jnp.mean(jax.lax.map(one, member_params, batch_size=m if member_batch is None else member_batch), 0)
+
+    return jax.vjp(mean_charges, positions)[1](cotangent)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # host side: validation, padding, the calculator
 # --------------------------------------------------------------------------------------------
@@ -1020,6 +1040,26 @@ class AIMNet2:
         return AIMNet2Result(energy=float(e.mean()), forces=f.mean(0), energy_std=float(e.std(ddof=1)),
                              member_energies=e, num_atoms=a, charges=q.mean(0), forces_std=f.std(0, ddof=1),
                              charges_std=q.std(0, ddof=1))
+
+    def charges_vjp(self, numbers, positions, charge, cotangent) -> np.ndarray:
+        """``sum_i c_i d q_i / dR`` ``[A, 3]`` (float64 NumPy): how the ensemble-mean atomic
+        charges ``q [A]`` (e) move with the positions (Å), contracted with ``cotangent`` ``c [A]``.
+        The chain-rule term of a model that reads these charges as inputs: with
+        ``c = dE/dq`` (eV/e) it is ``dE/dR`` through the charges (eV/Å). In ``precision``."""
+        inputs = self.prepare(numbers, positions, charge)
+        c = np.asarray(cotangent, np.float64).reshape(-1)
+        if len(c) != inputs.natoms:
+            raise InputError(f"cotangent has {len(c)} entries for {inputs.natoms} atoms")
+        with jax.enable_x64(self.precision == "float64") if self.precision is not None else contextlib.nullcontext():
+            dtype = jnp.result_type(float)
+            member, shared = self.params(dtype)
+            ct = np.zeros(len(inputs.positions))
+            ct[:inputs.natoms] = c
+            g = _charges_vjp_jit(member, shared, jnp.asarray(inputs.positions, dtype), jnp.asarray(inputs.species),
+                                 jnp.asarray(inputs.neighbors), jnp.asarray(inputs.atom_mask),
+                                 jnp.asarray(inputs.charge, dtype), jnp.asarray(ct, dtype), cfg=self.cfg,
+                                 member_batch=self._member_batch(len(inputs.positions)))
+            return np.asarray(g, np.float64)[:inputs.natoms]
 
     def __call__(self, numbers, positions=None, charge=None, multiplicity=None, *,
                  capacity: tuple[int, int] | None = None) -> AIMNet2Result:

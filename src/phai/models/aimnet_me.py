@@ -17,6 +17,10 @@ AIMNet2 plus a fitted energy in AIMNet2's own atomic charges, ``sum_i a q_i + b 
 element and kind of state (:meth:`phai.models.aimnet2.AIMNet2.with_charge_terms`), and with
 ``--base-diffuse-term [BASIS]`` also a term in the diffuse-basis orbital energy (the labels'
 basis, 6-31+G(d) by default) for the anions of closed-shell molecules (:mod:`phai.physics.diffuse`).
+With ``"atom_inputs": "base_charges"`` in the record (``phai train-aimnet --base-charge-inputs``)
+the network also reads the base's atomic charges of the same state; the base then runs first,
+and the forces include the term through those charges, ``-(dE/dq_base) . dq_base/dR``
+(:meth:`phai.models.aimnet2.AIMNet2.charges_vjp`), so they stay ``-dE/dR`` of the total energy.
 
 **Ensemble** (``phai train-aimnet --members K``, :func:`save_ensemble`): ``config.json`` with
 ``kind`` ``"aimnet-me-ensemble"``, ``members`` (sub-folder names, each a one-model folder
@@ -43,8 +47,8 @@ from .aimnet import AIMNet, check_state, state_outputs
 
 @functools.lru_cache(maxsize=16)
 def _state_fn(config_json: str):
-    """Jitted ``(params, R, species, nb, mask, Q, M) -> (energy, forces, q_alpha, q_beta)`` of one
-    padded molecule, shared by every potential of one architecture (compiled once per shape)."""
+    """Jitted ``(params, R, species, nb, mask, Q, M, x) -> (energy, forces, q_alpha, q_beta, dE/dx)``
+    of one padded molecule (:func:`phai.models.aimnet.state_outputs`), shared by every potential of one architecture (compiled once per shape)."""
     from ..train.aimnet_me import config_from_json
 
     return jax.jit(functools.partial(state_outputs, AIMNet(config_from_json(json.loads(config_json)))))
@@ -105,6 +109,9 @@ class AIMNetMEPotential:
         """The base model whose energies and forces add (None: from scratch, or ``base=False``)."""
         if self.base is False:
             self.base = None
+        if self.cfg.atom_inputs and (self.record or {}).get("atom_inputs") != "base_charges":
+            raise InputError(f"{folder or self.name}: the network takes {self.cfg.atom_inputs} per-atom input(s) "
+                             f"but its Δ record does not say they are its base's charges")
 
     @classmethod
     def from_folder(cls, folder, precision: str = "float32", base=None) -> AIMNetMEPotential:
@@ -127,6 +134,8 @@ class AIMNetMEPotential:
         """Energy, forces and charges of one molecule in one charge/spin state (see the class):
         the network (with its self energies) plus, for a Δ model, the base model."""
         z, r, q, m = self.state(numbers, positions, charge, multiplicity)
+        if self.cfg.atom_inputs:
+            return evaluate_on_base_charges([self], self.base, z, r, q, m)
         res = self.network(z, r, q, m)
         return res if self.base is None else add_base(self.base(z, r, charge=q, multiplicity=m), res)
 
@@ -154,20 +163,33 @@ class AIMNetMEPotential:
         m = lowest_multiplicity(z, q) if multiplicity is None else int(multiplicity)
         return z, r, q, m
 
-    def network(self, z, r, q: int, m: int) -> AIMNetMEResult:
-        """The network and its self energies alone (no base) on a checked state (:meth:`state`)."""
+    def network(self, z, r, q: int, m: int, atom_inputs=None) -> AIMNetMEResult:
+        """The network and its self energies alone (no base) on a checked state (:meth:`state`);
+        ``atom_inputs [A, P]``: the per-atom inputs of a model that takes them (forces at fixed inputs)."""
+        return self.network_with_inputs(z, r, q, m, atom_inputs)[0]
+
+    def network_with_inputs(self, z, r, q: int, m: int, atom_inputs=None) -> tuple[AIMNetMEResult, np.ndarray]:
+        """:meth:`network` and ``dE/d atom_inputs [A, P]`` (eV per input unit; ``[A, 0]`` without inputs)."""
         from ..train.aimnet_me import pad_structure, reference_energy
 
-        R, species, nb, mask = pad_structure(z, r, self.cfg, bucket(len(z)))
+        a, p_in = len(z), self.cfg.atom_inputs
+        if p_in and atom_inputs is None:
+            raise InputError(f"{self.name}: this network reads {p_in} per-atom input(s) (its base's charges): "
+                             f"evaluate it with its base")
+        R, species, nb, mask = pad_structure(z, r, self.cfg, bucket(a))
+        x = np.zeros((len(R), p_in))
+        if p_in:
+            x[:a] = np.asarray(atom_inputs, np.float64).reshape(a, p_in)
         with jax.enable_x64(self.precision == "float64"):
-            p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, self.dtype), self._params)
-            e, f, qa, qb = self._fn(p, jnp.asarray(R, self.dtype), jnp.asarray(species), jnp.asarray(nb),
-                                    jnp.asarray(mask), jnp.asarray(q, self.dtype), jnp.asarray(m, jnp.int32))
-            e, f, qa, qb = float(e), np.asarray(f), np.asarray(qa), np.asarray(qb)
-        a = len(z)
+            p = jax.tree_util.tree_map(lambda v: jnp.asarray(v, self.dtype), self._params)
+            e, f, qa, qb, gx = self._fn(p, jnp.asarray(R, self.dtype), jnp.asarray(species), jnp.asarray(nb),
+                                        jnp.asarray(mask), jnp.asarray(q, self.dtype), jnp.asarray(m, jnp.int32),
+                                        jnp.asarray(x, self.dtype))
+            e, f, qa, qb, gx = float(e), np.asarray(f), np.asarray(qa), np.asarray(qb), np.asarray(gx, np.float64)
         energy = e + float(reference_energy([z], [q], self.cfg.elements, self.cfg.charge_states, self.sae,
                                             self.state_shift, [m])[0])
-        return AIMNetMEResult(energy, f[:a], 0.0, np.array([energy]), a, qa[:a] + qb[:a], qa[:a], qb[:a])
+        res = AIMNetMEResult(energy, f[:a], 0.0, np.array([energy]), a, qa[:a] + qb[:a], qa[:a], qb[:a])
+        return res, gx[:a]
 
     def evaluate(self, structures, charges=None, multiplicities=None, *, forces: bool = True, labels=None,
                  multiplicity=None) -> list[AIMNetMEResult]:
@@ -229,6 +251,32 @@ def _load_recorded_base(record: dict, folder, precision: str):
         raise InputError(f"{folder}: the base model {name!r} of this Δ model cannot be loaded ({exc})") from None
 
 
+def evaluate_on_base_charges(members: list, base, z, r, q: int, m: int) -> AIMNetMEResult:
+    """Base + the mean of ``members`` (networks that read the base's atomic charges of the state,
+    ``atom_inputs = "base_charges"``) on one checked state, with the complete forces.
+
+    The base runs first; each member gets its charges ``q_b [A]`` (e) as inputs and returns
+    ``dE/dq_b``; the forces get ``-(mean dE/dq_b) . dq_b/dR`` (``base.charges_vjp``, one
+    reverse pass through the base) beside the members' forces at fixed ``q_b``.
+    """
+    if base is None:
+        raise InputError("this AIMNet-ME Δ model reads its base model's charges: it cannot run without the base")
+    b = base(z, r, charge=q, multiplicity=m)
+    x = np.asarray(b.charges, np.float64)[:, None]
+    outs = [p.network_with_inputs(z, r, q, m, x) for p in members]
+    rs = [o[0] for o in outs]
+    gq = np.mean([o[1][:, 0] for o in outs], axis=0)                        # [A] eV/e
+    e = np.asarray([x_.energy for x_ in rs], np.float64)
+
+    def mean(name):
+        return np.mean([getattr(x_, name) for x_ in rs], axis=0)
+
+    forces = mean("forces") - base.charges_vjp(z, r, q, gq)
+    res = AIMNetMEResult(float(e.mean()), forces, float(e.std(ddof=1)) if len(e) > 1 else 0.0, e, len(z),
+                         mean("charges"), mean("charges_alpha"), mean("charges_beta"))
+    return add_base(b, res)
+
+
 def add_base(b, d: AIMNetMEResult) -> AIMNetMEResult:
     """Base result ``b`` (energy, forces) plus Δ result ``d``: energies and forces add; the
     charges are ``d``'s; ``member_energies`` are ``d``'s plus the base energy; ``energy_std``
@@ -281,6 +329,8 @@ class AIMNetMEEnsemble:
         z, r, q, m = self.members_list[0].state(numbers, positions, charge, multiplicity)
         for p in self.members_list[1:]:
             check_state(p.cfg, z, q, m)
+        if any(p.cfg.atom_inputs for p in self.members_list):
+            return evaluate_on_base_charges(self.members_list, self.base, z, r, q, m)
         rs = [p.network(z, r, q, m) for p in self.members_list]
         e = np.asarray([x.energy for x in rs], np.float64)
 

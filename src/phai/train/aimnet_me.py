@@ -663,6 +663,7 @@ class Padded:
     qa: np.ndarray          # [C, N] e
     qb: np.ndarray          # [C, N] e
     geometry: np.ndarray    # [C] int32 geometry group (the states of one geometry share it)
+    x: np.ndarray           # [C, N, P] per-atom model inputs (AIMNetConfig.atom_inputs; P = 0: none)
 
     def take(self, idx) -> dict:
         return {k: v[idx] for k, v in dataclasses.asdict(self).items()}
@@ -761,9 +762,11 @@ def max_neighbors(cs: ChargeSet, cutoff: float) -> int:
 
 
 def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | None = None,
-            k_slots: int | None = None) -> Padded:
+            k_slots: int | None = None, atom_inputs: list | None = None) -> Padded:
     """Pad every state of ``cs`` to ``[N, K]`` (default: buckets of the largest) and subtract
-    the self energies. Checks elements, charges and multiplicities (:func:`check_state`)."""
+    the self energies. Checks elements, charges and multiplicities (:func:`check_state`).
+    ``atom_inputs``: per state an ``[A, P]`` array (``P = cfg.atom_inputs``; required when
+    ``P > 0``), e.g. a base model's atomic charges (:func:`base_state_charges`)."""
     for k in range(len(cs)):
         try:
             check_state(cfg, cs.numbers[k], int(cs.charge[k]), int(cs.multiplicity[k]))
@@ -779,9 +782,15 @@ def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | N
     F = np.zeros((c, n_slots, 3))
     qa = np.zeros((c, n_slots))
     qb = np.zeros((c, n_slots))
+    p_in = cfg.atom_inputs
+    if p_in and (atom_inputs is None or len(atom_inputs) != c):
+        raise InputError(f"this model takes {p_in} per-atom input(s) per state: give atom_inputs for all {c} states")
+    x = np.zeros((c, n_slots, p_in))
     for k in range(c):
         a = len(cs.numbers[k])
         R[k], species[k], nb[k], mask[k] = pad_structure(cs.numbers[k], cs.positions[k], cfg, n_slots, k_slots)
+        if p_in:
+            x[k, :a] = np.asarray(atom_inputs[k], np.float64).reshape(a, p_in)
         if cs.forces is not None:
             F[k, :a] = cs.forces[k]
         if cs.has_charges:
@@ -791,7 +800,7 @@ def pad_set(cs: ChargeSet, cfg: AIMNetConfig, sae, state_shift, n_slots: int | N
     state = np.asarray([cfg.charge_states.index(int(q)) for q in cs.charge], np.int32)
     geometry = np.unique(cs.geometry, return_inverse=True)[1].astype(np.int32)
     return Padded(R, species, nb, mask, cs.charge.astype(np.int32), cs.multiplicity.astype(np.int32), state,
-                  np.asarray([len(z) for z in cs.numbers], np.int32), E, F, qa, qb, geometry)
+                  np.asarray([len(z) for z in cs.numbers], np.int32), E, F, qa, qb, geometry, x)
 
 
 # --------------------------------------------------------------------------------- loss
@@ -835,6 +844,10 @@ class MEConfig:
         the diffuse s exponents of the labels' basis: ``True`` for 6-31+G(d) (the basis of
         phai's charge labels, :data:`phai.physics.diffuse.DIFFUSE_S_631PLUS`), or the basis
         name (``"aug-cc-pVDZ"``, ``"ma-def2-SVP"``, ...; :func:`phai.physics.diffuse.diffuse_s_table`).
+      base_charge_inputs: with a base: the network also reads the base's atomic charges of the
+        same state (``AIMNetConfig.atom_inputs = 1``; the ensemble mean, e). The saved model
+        then evaluates the base first and adds the chain-rule term of those charges to its forces
+        (:class:`phai.models.aimnet_me.AIMNetMEPotential`).
     """
 
     model: dict | None = None
@@ -857,9 +870,12 @@ class MEConfig:
     base_charge_terms: bool = False
     base_diffuse_term: bool | str = False
     zero_energy_head: bool = False
+    base_charge_inputs: bool = False
 
     def aimnet_config(self) -> AIMNetConfig:
         d = dict(self.model or {"elements": tuple(self.elements)})
+        if self.base_charge_inputs:
+            d["atom_inputs"] = 1
         return AIMNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def to_json(self) -> dict:
@@ -872,13 +888,17 @@ class MEConfig:
             del d["base_charge_terms"]
         if not d["base_diffuse_term"]:
             del d["base_diffuse_term"]
-        if not d["zero_energy_head"]:
-            del d["zero_energy_head"]
+        for k in ("zero_energy_head", "base_charge_inputs"):   # off: as before the options (old checkpoints resume)
+            if not d[k]:
+                del d[k]
         return d
 
 
 def config_to_json(cfg: AIMNetConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    if not d["atom_inputs"]:   # as before the field existed (old checkpoints resume, old folders compare equal)
+        del d["atom_inputs"]
+    return d
 
 
 def config_from_json(d: dict) -> AIMNetConfig:
@@ -895,9 +915,9 @@ def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge
     squared charge errors (e², per atom), squared force errors; per-state energy sums and
     counts (``[num_states]``)."""
 
-    def one(params, R, species, nb, mask, Q, M):
+    def one(params, R, species, nb, mask, Q, M, x):
         def energy(r):
-            out = model.apply(params, r, species, nb, mask, Q, M)
+            out = model.apply(params, r, species, nb, mask, Q, M, x if model.cfg.atom_inputs else None)
             return out["energy"], out
 
         if use_forces:
@@ -907,8 +927,9 @@ def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge
         return e, out["charges_alpha"], out["charges_beta"], jnp.zeros_like(R)
 
     def loss(params, b):
-        e, qa, qb, f = jax.vmap(one, (None, 0, 0, 0, 0, 0, 0))(params, b["R"], b["species"], b["neighbors"],
-                                                                b["atom_mask"], b["charge"], b["multiplicity"])
+        e, qa, qb, f = jax.vmap(one, (None, 0, 0, 0, 0, 0, 0, 0))(params, b["R"], b["species"], b["neighbors"],
+                                                                   b["atom_mask"], b["charge"], b["multiplicity"],
+                                                                   b["x"])
         mm = b["mol_mask"].astype(e.dtype)
         am = b["atom_mask"].astype(e.dtype)
         n = jnp.maximum(b["num_atoms"].astype(e.dtype), 1.0)
@@ -939,9 +960,9 @@ def make_loss_fn(model: AIMNet, num_states: int, *, energy_weight: float, charge
 
 
 def predict_fn(model: AIMNet):
-    """Jitted ``(params, R, species, nb, mask, Q, M) -> (energy, forces, q_alpha, q_beta)`` over a
-    leading batch axis (network energies, eV; self energies not included)."""
-    return jax.jit(jax.vmap(functools.partial(state_outputs, model), (None, 0, 0, 0, 0, 0, 0)))
+    """Jitted ``(params, R, species, nb, mask, Q, M, x) -> (energy, forces, q_alpha, q_beta, dE/dx)``
+    over a leading batch axis (network energies, eV; self energies not included; :func:`state_outputs`)."""
+    return jax.jit(jax.vmap(functools.partial(state_outputs, model), (None, 0, 0, 0, 0, 0, 0, 0)))
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -1054,6 +1075,8 @@ class AIMNetMETrainer:
             raise InputError("base_charge_terms corrects a base model: set base too (e.g. 'aimnet2-b973c')")
         if config.base_diffuse_term and not config.base_charge_terms:
             raise InputError("base_diffuse_term is part of the charge-term fit: set base_charge_terms too")
+        if config.base_charge_inputs and config.base is None:
+            raise InputError("base_charge_inputs gives the network a base model's charges: set base too")
         if valid is None and config.valid_fraction > 0:
             train, valid = train.split_by_molecule((1 - config.valid_fraction, config.valid_fraction), config.seed)
         if len(train) == 0:
@@ -1062,11 +1085,18 @@ class AIMNetMETrainer:
         self.data_fingerprint = train.fingerprint() + "-" + (valid.fingerprint() if valid is not None and len(valid)
                                                              else "none")
         self.base_record = None
+        inputs = {"train": None, "valid": None}
         if config.base is not None:   # Δ-learning: fit E - E_base (the base's predictions cached per state)
             from .delta import delta_record
 
             base = load_base(config.base, BASE_PRECISION)
             cache = base_cache_path(config.base, BASE_PRECISION)
+            if config.base_charge_inputs:   # the network's per-atom inputs: the base's charges of each state
+                if not getattr(base, "charges_vjp", None):
+                    raise InputError(f"base_charge_inputs needs a base with differentiable atomic charges "
+                                     f"(an AIMNet2), not {config.base!r}")
+                inputs = {k: [q[:, None] for q in base_state_charges(g, base, cache)[0]]
+                          if g is not None and len(g) else None for k, g in (("train", train), ("valid", valid))}
             terms = None
             if config.base_charge_terms:   # an energy in the base's own charges, fitted first (all given states)
                 if not hasattr(base, "with_charge_terms"):
@@ -1084,6 +1114,8 @@ class AIMNetMETrainer:
             self.base_record = delta_record(config.base, target="the labels' energies and forces")
             if terms is not None:
                 self.base_record["charge_terms"] = terms
+            if config.base_charge_inputs:
+                self.base_record["atom_inputs"] = "base_charges"
         self.train_set, self.valid_set = train, (valid if valid is not None and len(valid) else None)
         self.sae, self.state_shift = fit_self_energies(train, self.cfg.elements, self.cfg.charge_states,
                                                        self.cfg.max_multiplicity if config.spin_state_shifts else None)
@@ -1091,9 +1123,9 @@ class AIMNetMETrainer:
         n_slots = bucket(max(len(z) for s in sets for z in s.numbers))
         k_slots = bucket(max(max(max_neighbors(s, self.cfg.radial_cutoff) for s in sets), 1))
         self.shape = (n_slots, k_slots)
-        self.train_pad = pad_set(train, self.cfg, self.sae, self.state_shift, n_slots, k_slots)
-        self.valid_pad = (pad_set(self.valid_set, self.cfg, self.sae, self.state_shift, n_slots, k_slots)
-                          if self.valid_set is not None else None)
+        self.train_pad = pad_set(train, self.cfg, self.sae, self.state_shift, n_slots, k_slots, inputs["train"])
+        self.valid_pad = (pad_set(self.valid_set, self.cfg, self.sae, self.state_shift, n_slots, k_slots,
+                                  inputs["valid"]) if self.valid_set is not None else None)
         self.use_forces = train.forces is not None and config.force_weight > 0
         self.use_charges = train.has_charges and config.charge_weight > 0
         self.model = AIMNet(self.cfg)
@@ -1103,7 +1135,8 @@ class AIMNetMETrainer:
         tp = self.train_pad
         self.params = self.model.init(jax.random.PRNGKey(config.seed), jnp.asarray(tp.R[0], jnp.float32),
                                       jnp.asarray(tp.species[0]), jnp.asarray(tp.neighbors[0]),
-                                      jnp.asarray(tp.atom_mask[0]), 0, 1)
+                                      jnp.asarray(tp.atom_mask[0]), 0, 1,
+                                      jnp.asarray(tp.x[0], jnp.float32) if self.cfg.atom_inputs else None)
         if config.zero_energy_head:
             self.params = zero_last_layer(self.params, "energy_head")
         key = json.dumps({"model": config_to_json(self.cfg), "lr": config.lr, "wd": config.weight_decay,
