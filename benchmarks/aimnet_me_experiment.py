@@ -185,6 +185,35 @@ def metrics(test: ChargeSet, pred: dict) -> dict:
     return out
 
 
+def errors_by_kind(test: ChargeSet, e) -> dict:
+    """Where the CDFT error is: RMSE (eV) of IP, EA and χ over the complete -1/0/+1 triples,
+    split by the neutral's shell (``closed``: singlet neutral, doublet ions; ``radical``: doublet
+    neutral, closed-shell ions) and, for the closed shells, by the sign of the reference EA
+    (``closed, EA < 0``: the unbound anions of the labels' basis); ``chi_sse_share`` is each
+    group's part of the χ squared error."""
+    by_geom = {}
+    for k in range(len(test)):
+        by_geom.setdefault(test.geometry[k], {})[int(test.charge[k])] = k
+    rows = []                                    # (neutral multiplicity, [dIP, dEA, dchi] eV, reference EA eV)
+    for st in by_geom.values():
+        if all(q in st for q in (1, 0, -1)):
+            ks = [st[1], st[0], st[-1]]
+            pred, ref = cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks])
+            d = np.array([pred.ip - ref.ip, pred.ea - ref.ea, pred.chi - ref.chi])
+            rows.append((int(test.multiplicity[st[0]]), d, ref.ea))
+    total = sum(float(d[2] ** 2) for _, d, _ in rows)
+    groups = {"closed": lambda m, ea: m == 1, "closed, EA < 0": lambda m, ea: m == 1 and ea < 0,
+              "radical": lambda m, ea: m != 1}
+    out = {}
+    for name, keep in groups.items():
+        d = np.array([x for m, x, ea in rows if keep(m, ea)]).reshape(-1, 3)
+        if len(d):
+            rmse = np.sqrt(np.mean(d ** 2, axis=0))
+            out[name] = {"n": len(d), "ip_rmse_ev": float(rmse[0]), "ea_rmse_ev": float(rmse[1]),
+                         "chi_rmse_ev": float(rmse[2]), "chi_sse_share": float(np.sum(d[:, 2] ** 2) / total)}
+    return out
+
+
 def add_intervals(metrics_out: dict, test: ChargeSet, e) -> None:
     """Add the bootstrap intervals (:func:`r2_interval`) of both R² weightings to ``metrics_out["cdft"]``."""
     for key, weighted in (("r2_95_bootstrap_molecules", False), ("r2_molecules_weighted_95_bootstrap", True)):
@@ -223,7 +252,8 @@ def rescore(data: ChargeSet, results_files, out=None) -> dict:
     e = np.mean([o["energy"] for o in runs], axis=0)
     m = metrics(test, {"energy": e})
     add_intervals(m, test, e)
-    result = {"files": [str(f) for f in results_files], "states": m["states"], "cdft": m["cdft"]}
+    result = {"files": [str(f) for f in results_files], "states": m["states"], "cdft": m["cdft"],
+              "by_kind": errors_by_kind(test, e)}
     if out:
         Path(out).write_text(json.dumps(result, indent=1))
     return result
@@ -419,6 +449,9 @@ def main(argv=None) -> int:
             v = res["cdft"][k]
             print(f"{k}: 95 % bootstrap per geometry {np.round(v['r2_95_bootstrap_molecules'], 3).tolist()}, "
                   f"molecules weighted {np.round(v['r2_molecules_weighted_95_bootstrap'], 3).tolist()}")
+        for name, v in res["by_kind"].items():
+            print(f"{name:>15} (neutral): {v['n']:3d} triples, RMSE IP {v['ip_rmse_ev']:.3f} EA {v['ea_rmse_ev']:.3f} "
+                  f"chi {v['chi_rmse_ev']:.3f} eV, {100 * v['chi_sse_share']:.0f} % of the chi squared error")
         return 0
     args.results = args.results or str(ROOT / "benchmarks/results/aimnet_me.json")
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})

@@ -57,3 +57,19 @@ def test_rescore_reproduces_the_stored_run_and_weights_molecules_once(experiment
     by_hand = 1 - np.sum(w * (chi_p - chi_t) ** 2) / np.sum(w * (chi_t - mean) ** 2)
     assert res["cdft"]["chi"]["r2_molecules_weighted"] == pytest.approx(by_hand, abs=1e-12)
     assert res["cdft"]["chi"]["r2_molecules_weighted"] != pytest.approx(res["cdft"]["chi"]["r2"], abs=1e-3)
+
+
+def test_errors_by_kind_partition_the_chi_error(experiment):
+    # closed-shell and radical neutrals split the triples; their χ squared errors add up to the
+    # pooled one that the R² uses (R² = 1 - SSE / SST)
+    from phai.train.aimnet_me import read_charge_data
+
+    data = read_charge_data(DATA)
+    res = experiment.rescore(data, [RESULTS])
+    kinds = res["by_kind"]
+    assert kinds["closed"]["n"] + kinds["radical"]["n"] == 353
+    assert kinds["closed"]["chi_sse_share"] + kinds["radical"]["chi_sse_share"] == pytest.approx(1.0, abs=1e-12)
+    assert kinds["closed, EA < 0"]["n"] < kinds["closed"]["n"]
+    sse = sum(v["n"] * v["chi_rmse_ev"] ** 2 for k, v in kinds.items() if k in ("closed", "radical"))
+    sst = 353 * res["cdft"]["chi"]["ref_std_ev"] ** 2
+    assert 1 - sse / sst == pytest.approx(res["cdft"]["chi"]["r2"], abs=1e-10)
