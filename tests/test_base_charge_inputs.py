@@ -54,19 +54,25 @@ def run(states, tmp_path_factory):
     return tmp / "delta"
 
 
+def gradient_by_central_differences(f, r, h: float = 1e-4) -> np.ndarray:
+    """``df/dr [A, 3]`` of a scalar function of positions (Å), central differences of step ``h``."""
+    g = np.zeros_like(r)
+    for i in range(r.shape[0]):
+        for a in range(3):
+            rp, rm = r.copy(), r.copy()
+            rp[i, a] += h
+            rm[i, a] -= h
+            g[i, a] = (f(rp) - f(rm)) / (2 * h)
+    return g
+
+
 def test_charges_vjp_matches_finite_differences(base64, states, x64):
     k = int(np.flatnonzero((states.molecule == "formaldehyde") & (states.charge == -1))[0])
     z, r, q = states.numbers[k], states.positions[k], int(states.charge[k])
     c = np.random.default_rng(0).normal(size=len(z))
     g = base64.charges_vjp(z, r, q, c)
     assert g.shape == (len(z), 3)
-    h, fd = 1e-4, np.zeros_like(r)
-    for i in range(len(z)):
-        for a in range(3):
-            rp, rm = r.copy(), r.copy()
-            rp[i, a] += h
-            rm[i, a] -= h
-            fd[i, a] = (c @ base64(z, rp, charge=q).charges - c @ base64(z, rm, charge=q).charges) / (2 * h)
+    fd = gradient_by_central_differences(lambda x: c @ base64(z, x, charge=q).charges, r)
     assert np.abs(fd).max() > 1e-2                      # the charges do move with the geometry
     np.testing.assert_allclose(g, fd, atol=1e-7)
     with pytest.raises(InputError, match="cotangent has 3 entries for 4 atoms"):
@@ -95,13 +101,7 @@ def test_forces_are_the_gradient_of_the_total_energy(run, states, base64, x64):
     k = int(np.flatnonzero((states.molecule == "methyl") & (states.charge == -1))[0])
     z, r, q, m = states.numbers[k], states.positions[k], int(states.charge[k]), int(states.multiplicity[k])
     res = ens(z, r, charge=q, multiplicity=m)
-    h, fd = 1e-4, np.zeros_like(r)
-    for i in range(len(z)):
-        for a in range(3):
-            rp, rm = r.copy(), r.copy()
-            rp[i, a] += h
-            rm[i, a] -= h
-            fd[i, a] = -(ens(z, rp, charge=q, multiplicity=m).energy - ens(z, rm, charge=q, multiplicity=m).energy) / (2 * h)
+    fd = -gradient_by_central_differences(lambda x: ens(z, x, charge=q, multiplicity=m).energy, r)
     np.testing.assert_allclose(res.forces, fd, atol=2e-6)
     # the term through the base's charges is not negligible: forces at fixed charges miss it
     b = base64(z, r, charge=q)

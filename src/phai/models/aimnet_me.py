@@ -48,7 +48,8 @@ from .aimnet import AIMNet, check_state, state_outputs
 @functools.lru_cache(maxsize=16)
 def _state_fn(config_json: str):
     """Jitted ``(params, R, species, nb, mask, Q, M, x) -> (energy, forces, q_alpha, q_beta, dE/dx)``
-    of one padded molecule (:func:`phai.models.aimnet.state_outputs`), shared by every potential of one architecture (compiled once per shape)."""
+    of one padded molecule (:func:`phai.models.aimnet.state_outputs`), shared by every potential
+    of one architecture (compiled once per shape)."""
     from ..train.aimnet_me import config_from_json
 
     return jax.jit(functools.partial(state_outputs, AIMNet(config_from_json(json.loads(config_json)))))
