@@ -214,6 +214,21 @@ def errors_by_kind(test: ChargeSet, e) -> dict:
     return out
 
 
+def chi_error_by_molecule(test: ChargeSet, e, top: int = 8) -> list:
+    """The ``top`` molecules with the largest share of the pooled χ squared error: ``[{"molecule",
+    "share", "geometries", "ip_error_ev", "ea_error_ev"}]`` (mean signed errors over the molecule's
+    geometries, predicted - reference)."""
+    rows = cdft_rows(test, e, molecules=True)
+    total = sum((p.chi - t.chi) ** 2 for p, t, _ in rows)
+    mols = {}
+    for p, t, name in rows:
+        mols.setdefault(name, []).append((p.chi - t.chi, p.ip - t.ip, p.ea - t.ea))
+    out = [{"molecule": name, "share": float(sum(d[0] ** 2 for d in v) / total), "geometries": len(v),
+            "ip_error_ev": float(np.mean([d[1] for d in v])), "ea_error_ev": float(np.mean([d[2] for d in v]))}
+           for name, v in mols.items()]
+    return sorted(out, key=lambda x: -x["share"])[:top]
+
+
 def add_intervals(metrics_out: dict, test: ChargeSet, e) -> None:
     """Add the bootstrap intervals (:func:`r2_interval`) of both R² weightings to ``metrics_out["cdft"]``."""
     for key, weighted in (("r2_95_bootstrap_molecules", False), ("r2_molecules_weighted_95_bootstrap", True)):
@@ -253,7 +268,7 @@ def rescore(data: ChargeSet, results_files, out=None) -> dict:
     m = metrics(test, {"energy": e})
     add_intervals(m, test, e)
     result = {"files": [str(f) for f in results_files], "states": m["states"], "cdft": m["cdft"],
-              "by_kind": errors_by_kind(test, e)}
+              "by_kind": errors_by_kind(test, e), "chi_error_by_molecule": chi_error_by_molecule(test, e)}
     if out:
         Path(out).write_text(json.dumps(result, indent=1))
     return result
@@ -452,6 +467,9 @@ def main(argv=None) -> int:
         for name, v in res["by_kind"].items():
             print(f"{name:>15} (neutral): {v['n']:3d} triples, RMSE IP {v['ip_rmse_ev']:.3f} EA {v['ea_rmse_ev']:.3f} "
                   f"chi {v['chi_rmse_ev']:.3f} eV, {100 * v['chi_sse_share']:.0f} % of the chi squared error")
+        print("largest shares of the chi squared error: " + ", ".join(
+            f"{v['molecule']} {100 * v['share']:.1f} % (IP {v['ip_error_ev']:+.2f}, EA {v['ea_error_ev']:+.2f} eV)"
+            for v in res["chi_error_by_molecule"]))
         return 0
     args.results = args.results or str(ROOT / "benchmarks/results/aimnet_me.json")
     elements = sorted({int(z) for zs in data.numbers for z in np.unique(zs)})

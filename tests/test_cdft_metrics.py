@@ -73,3 +73,18 @@ def test_errors_by_kind_partition_the_chi_error(experiment):
     sse = sum(v["n"] * v["chi_rmse_ev"] ** 2 for k, v in kinds.items() if k in ("closed", "radical"))
     sst = 353 * res["cdft"]["chi"]["ref_std_ev"] ** 2
     assert 1 - sse / sst == pytest.approx(res["cdft"]["chi"]["r2"], abs=1e-10)
+
+
+def test_chi_error_by_molecule_shares_add_up(experiment):
+    from phai.train.aimnet_me import read_charge_data
+
+    data = read_charge_data(DATA)
+    pred = json.loads(RESULTS.read_text())["predictions"]
+    e = {(g, int(q)): v for v, g, q in zip(pred["energy"], pred["geometry"], pred["charge"])}
+    energy = np.array([e[(str(g), int(q))] for g, q in zip(data.geometry, data.charge)])
+    every = experiment.chi_error_by_molecule(data, energy, top=1000)
+    assert len(every) == 254 and sum(v["geometries"] for v in every) == 353
+    assert sum(v["share"] for v in every) == pytest.approx(1.0, abs=1e-12)
+    shares = [v["share"] for v in every]
+    assert shares == sorted(shares, reverse=True)
+    assert experiment.chi_error_by_molecule(data, energy, top=3) == every[:3]
