@@ -109,18 +109,22 @@ def predict(model, test: ChargeSet) -> dict:
     return out
 
 
-def cdft_rows(test: ChargeSet, e, molecules: bool = False) -> list:
-    """``[(predicted, reference)]`` CDFT tuples (:func:`cdft_indices`) of the geometries with
-    all of the -1, 0, +1 states (``molecules``: ``(predicted, reference, molecule name)``)."""
+def complete_triples(test: ChargeSet) -> list:
+    """``[(k+1, k0, k-1)]``: the state indices of each geometry that has all of the +1, 0 and -1
+    states, in the order of the geometries' first appearance."""
     by_geom = {}
     for k in range(len(test)):
         by_geom.setdefault(test.geometry[k], {})[int(test.charge[k])] = k
+    return [(st[1], st[0], st[-1]) for st in by_geom.values() if all(q in st for q in (1, 0, -1))]
+
+
+def cdft_rows(test: ChargeSet, e, molecules: bool = False) -> list:
+    """``[(predicted, reference)]`` CDFT tuples (:func:`cdft_indices`) of the geometries with
+    all of the -1, 0, +1 states (``molecules``: ``(predicted, reference, molecule name)``)."""
     rows = []
-    for st in by_geom.values():
-        if all(q in st for q in (1, 0, -1)):
-            ks = [st[1], st[0], st[-1]]
-            row = (cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks]))
-            rows.append(row + (str(test.molecule[st[0]]),) if molecules else row)
+    for ks in complete_triples(test):
+        row = (cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks]))
+        rows.append(row + (str(test.molecule[ks[1]]),) if molecules else row)
     return rows
 
 
@@ -191,16 +195,10 @@ def errors_by_kind(test: ChargeSet, e) -> dict:
     neutral, closed-shell ions) and, for the closed shells, by the sign of the reference EA
     (``closed, EA < 0``: the unbound anions of the labels' basis); ``chi_sse_share`` is each
     group's part of the χ squared error."""
-    by_geom = {}
-    for k in range(len(test)):
-        by_geom.setdefault(test.geometry[k], {})[int(test.charge[k])] = k
     rows = []                                    # (neutral multiplicity, [dIP, dEA, dchi] eV, reference EA eV)
-    for st in by_geom.values():
-        if all(q in st for q in (1, 0, -1)):
-            ks = [st[1], st[0], st[-1]]
-            pred, ref = cdft_indices(*[e[k] for k in ks]), cdft_indices(*[test.energy[k] for k in ks])
-            d = np.array([pred.ip - ref.ip, pred.ea - ref.ea, pred.chi - ref.chi])
-            rows.append((int(test.multiplicity[st[0]]), d, ref.ea))
+    for ks, (pred, ref) in zip(complete_triples(test), cdft_rows(test, e)):
+        d = np.array([pred.ip - ref.ip, pred.ea - ref.ea, pred.chi - ref.chi])
+        rows.append((int(test.multiplicity[ks[1]]), d, ref.ea))
     total = sum(float(d[2] ** 2) for _, d, _ in rows)
     groups = {"closed": lambda m, ea: m == 1, "closed, EA < 0": lambda m, ea: m == 1 and ea < 0,
               "radical": lambda m, ea: m != 1}

@@ -38,6 +38,24 @@ def frames():
     return chno_frames()
 
 
+@pytest.fixture(scope="session")
+def states():
+    """The AIMNet-ME tests' real labels: water, methyl and formaldehyde (a closed shell and a
+    radical with singlet ions), their first geometry, charges -1, 0, +1 (9 states of the
+    committed UKS ωB97X/6-31+G(d) set, ``tests/data/charge_labels``)."""
+    from phai.train import aimnet_me as me
+
+    cs = me.read_charge_h5(DATA / "charge_labels" / "charge_labels.h5")
+    keep = np.isin(cs.molecule, ("water", "methyl", "formaldehyde")) & np.char.endswith(cs.geometry.astype(str), "/0")
+    return cs.subset(np.flatnonzero(keep))
+
+
+@pytest.fixture(scope="session")
+def base64():
+    """The pretrained AIMNet2-B97-3c ensemble in float64 (the Δ base of the AIMNet-ME tests)."""
+    return phai.load("aimnet2-b973c", precision="float64")
+
+
 _TORCHANI = {"ani-1x": ("2.2.4", "ani-1x_8x"), "ani-1ccx": ("2.0", "ani-1ccx_8x")}
 
 

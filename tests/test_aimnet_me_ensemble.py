@@ -2,16 +2,15 @@
 and ensembles (``--members K``), as ``phai.load`` and ``phai cdft --model DIR`` see them.
 
 The labels are real: three molecules of the committed charge/spin set (UKS ωB97X/6-31+G(d),
-tests/data/charge_labels), one geometry each, all three charge states. The oracle for the
-combined models is their own parts evaluated separately: the pretrained AIMNet2 ensemble
-(itself checked against the TorchScript files in tests/test_aimnet2.py) and each member
-folder loaded without its base, in float64, so the sums must agree to rounding.
+tests/data/charge_labels; the ``states`` fixture of conftest.py), one geometry each, all three
+charge states. The oracle for the combined models is their own parts evaluated separately: the
+pretrained AIMNet2 ensemble (itself checked against the TorchScript files in tests/test_aimnet2.py)
+and each member folder loaded without its base, in float64, so the sums must agree to rounding.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,16 +21,7 @@ from phai.models.aimnet_me import AIMNetMEEnsemble, AIMNetMEPotential
 from phai.physics.cdft import cdft
 from phai.train import aimnet_me as me
 
-DATA = Path(__file__).parent / "data" / "charge_labels" / "charge_labels.h5"
-MOLECULES = ("water", "methyl", "formaldehyde")   # closed shell and a radical (singlet ions)
 BASE = "aimnet2-b973c"  # the base benchmarks/README.md recommends for CDFT (the other base runs the same code)
-
-
-@pytest.fixture(scope="module")
-def states():
-    cs = me.read_charge_h5(DATA)
-    keep = np.flatnonzero(np.isin(cs.molecule, MOLECULES) & np.char.endswith(cs.geometry.astype(str), "/0"))
-    return cs.subset(keep)
 
 
 @pytest.fixture(scope="module")

@@ -31,18 +31,6 @@ BASE = "aimnet2-b973c"
 
 
 @pytest.fixture(scope="module")
-def states():
-    cs = me.read_charge_h5(DATA)
-    keep = np.isin(cs.molecule, ("water", "methyl", "formaldehyde")) & np.char.endswith(cs.geometry.astype(str), "/0")
-    return cs.subset(np.flatnonzero(keep))
-
-
-@pytest.fixture(scope="module")
-def base64():
-    return phai.load(BASE, precision="float64")
-
-
-@pytest.fixture(scope="module")
 def run(states, tmp_path_factory):
     """A 2-member Δ ensemble on AIMNet2-B97-3c with the base's charges as inputs (2 epochs, tiny)."""
     tmp = tmp_path_factory.mktemp("qin")

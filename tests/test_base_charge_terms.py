@@ -37,18 +37,6 @@ def random_terms(seed=0, elements=(1, 6, 7, 8)):
              "b": rng.normal(0, 1, len(elements)).tolist()} for q, p in KINDS]
 
 
-@pytest.fixture(scope="module")
-def states():
-    cs = me.read_charge_h5(DATA)
-    keep = np.isin(cs.molecule, ("water", "methyl", "formaldehyde")) & np.char.endswith(cs.geometry.astype(str), "/0")
-    return cs.subset(np.flatnonzero(keep))
-
-
-@pytest.fixture(scope="module")
-def base64():
-    return phai.load(BASE, precision="float64")
-
-
 def formula(plain, z, terms, charge):
     """The term from the uncorrected result: a . q_mean + b . mean over members of q^2."""
     table = {(t["charge"], t["electrons"]): t for t in terms}

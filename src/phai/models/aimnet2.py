@@ -1016,12 +1016,14 @@ class AIMNet2:
                 raise type(exc)(f"{labels[k] if labels else f'structure {k}'}: {exc}") from None
         return [self.evaluate_prepared(inp) for inp in prepared]
 
+    def _in_precision(self):
+        """The context of a call in ``precision`` (JAX's current one if None)."""
+        return contextlib.nullcontext() if self.precision is None else jax.enable_x64(self.precision == "float64")
+
     def evaluate_prepared(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
         """Run the ensemble on prepared inputs (in ``precision``, or JAX's current one if None)."""
-        if self.precision is not None:
-            with jax.enable_x64(self.precision == "float64"):
-                return self._evaluate(inputs)
-        return self._evaluate(inputs)
+        with self._in_precision():
+            return self._evaluate(inputs)
 
     def _evaluate(self, inputs: AIMNet2Inputs) -> AIMNet2Result:
         dtype = jnp.result_type(float)
@@ -1050,7 +1052,7 @@ class AIMNet2:
         c = np.asarray(cotangent, np.float64).reshape(-1)
         if len(c) != inputs.natoms:
             raise InputError(f"cotangent has {len(c)} entries for {inputs.natoms} atoms")
-        with jax.enable_x64(self.precision == "float64") if self.precision is not None else contextlib.nullcontext():
+        with self._in_precision():
             dtype = jnp.result_type(float)
             member, shared = self.params(dtype)
             ct = np.zeros(len(inputs.positions))

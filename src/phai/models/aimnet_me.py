@@ -257,25 +257,30 @@ def evaluate_on_base_charges(members: list, base, z, r, q: int, m: int) -> AIMNe
     ``atom_inputs = "base_charges"``) on one checked state, with the complete forces.
 
     The base runs first; each member gets its charges ``q_b [A]`` (e) as inputs and returns
-    ``dE/dq_b``; the forces get ``-(mean dE/dq_b) . dq_b/dR`` (``base.charges_vjp``, one
-    reverse pass through the base) beside the members' forces at fixed ``q_b``.
+    ``dE/dq_b``; the forces get ``-(mean dE/dq_b) . dq_b/dR`` (``base.charges_vjp``: a second
+    forward and one reverse pass through the base) beside the members' forces at fixed ``q_b``.
     """
     if base is None:
         raise InputError("this AIMNet-ME Δ model reads its base model's charges: it cannot run without the base")
     b = base(z, r, charge=q, multiplicity=m)
     x = np.asarray(b.charges, np.float64)[:, None]
     outs = [p.network_with_inputs(z, r, q, m, x) for p in members]
-    rs = [o[0] for o in outs]
+    res = member_mean([o[0] for o in outs])
     gq = np.mean([o[1][:, 0] for o in outs], axis=0)                        # [A] eV/e
-    e = np.asarray([x_.energy for x_ in rs], np.float64)
+    return add_base(b, res._replace(forces=res.forces - base.charges_vjp(z, r, q, gq)))
+
+
+def member_mean(rs: list) -> AIMNetMEResult:
+    """One result from the members' results ``rs`` (one state): energy, forces and the three
+    charge fields are the member means, ``member_energies`` each member's energy and
+    ``energy_std`` their spread (ddof 1; 0 for one member)."""
+    e = np.asarray([x.energy for x in rs], np.float64)
 
     def mean(name):
-        return np.mean([getattr(x_, name) for x_ in rs], axis=0)
+        return np.mean([getattr(x, name) for x in rs], axis=0)
 
-    forces = mean("forces") - base.charges_vjp(z, r, q, gq)
-    res = AIMNetMEResult(float(e.mean()), forces, float(e.std(ddof=1)) if len(e) > 1 else 0.0, e, len(z),
-                         mean("charges"), mean("charges_alpha"), mean("charges_beta"))
-    return add_base(b, res)
+    return AIMNetMEResult(float(e.mean()), mean("forces"), float(e.std(ddof=1)) if len(e) > 1 else 0.0, e,
+                          rs[0].num_atoms, mean("charges"), mean("charges_alpha"), mean("charges_beta"))
 
 
 def add_base(b, d: AIMNetMEResult) -> AIMNetMEResult:
@@ -332,14 +337,7 @@ class AIMNetMEEnsemble:
             check_state(p.cfg, z, q, m)
         if any(p.cfg.atom_inputs for p in self.members_list):
             return evaluate_on_base_charges(self.members_list, self.base, z, r, q, m)
-        rs = [p.network(z, r, q, m) for p in self.members_list]
-        e = np.asarray([x.energy for x in rs], np.float64)
-
-        def mean(name):
-            return np.mean([getattr(x, name) for x in rs], axis=0)
-
-        res = AIMNetMEResult(float(e.mean()), mean("forces"), float(e.std(ddof=1)) if len(e) > 1 else 0.0, e,
-                             len(z), mean("charges"), mean("charges_alpha"), mean("charges_beta"))
+        res = member_mean([p.network(z, r, q, m) for p in self.members_list])
         return res if self.base is None else add_base(self.base(z, r, charge=q, multiplicity=m), res)
 
     evaluate = AIMNetMEPotential.evaluate
