@@ -97,8 +97,23 @@ def test_closed_shell_uks_equals_rks_and_has_no_spin():
 
 @pytest.mark.parametrize("charge,mult", [(0, 2), (1, 1), (-1, 3), (0, 0), (0, 1.5), (11, 1)])
 def test_bad_charge_or_multiplicity_is_a_clear_error(charge, mult):
+    lab = PySCFUKSLabeller(basis="sto-3g")
     with pytest.raises(InputError, match="multiplicity|electrons"):
-        PySCFUKSLabeller(basis="sto-3g").label(WATER_Z, WATER_X, charge, mult)
+        lab.label(WATER_Z, WATER_X, charge, mult)
+    with pytest.raises(InputError, match="multiplicity|electrons"):
+        lab.energy(WATER_Z, WATER_X, charge, mult)
+
+
+def test_energy_alone_equals_the_labels_energy():
+    """``energy`` (no gradient, no populations) is the same SCF as ``label``, for a UKS doublet
+    cation and a density-fitted anion, and checks the geometry as ``label`` does."""
+    for kw, (q, m) in (({"method": "pbe0", "basis": "6-31g"}, (1, 2)),
+                       ({"method": "hf", "basis": "6-31+g*", "density_fit": True}, (-1, 2))):
+        lab = PySCFUKSLabeller(**kw)
+        assert lab.energy(WATER_Z, WATER_X, q, m) == pytest.approx(lab.label(WATER_Z, WATER_X, q, m)["energy"],
+                                                                   abs=1e-7)
+    with pytest.raises(InputError, match="NaN"):
+        lab.energy(WATER_Z, np.full((3, 3), np.nan))
 
 
 def test_level_parsing_and_store_roundtrip(tmp_path):

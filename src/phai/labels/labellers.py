@@ -199,6 +199,15 @@ class PySCFLabeller(Labeller):
         """Method-specific results beside energy and forces (none here)."""
         return {}
 
+    def energy(self, numbers, positions, charge: int = 0, multiplicity: int = 1) -> float:
+        """The converged SCF energy alone (eV, float): no gradient and no extras, so about half
+        the cost of :meth:`label` for a UKS state. The same checks and SCF (Newton fallback
+        included) as :meth:`label`; :class:`LabelFailed` if it does not converge."""
+        z, x = _check_geometry(numbers, positions)
+        check_electrons(z, charge, multiplicity)
+        mol = _pyscf_mol(z, x, int(charge), int(multiplicity), self.basis, self.cart)
+        return float(self._converged_scf(mol, int(multiplicity))[1]) * HARTREE_TO_EV
+
     def _compute(self, numbers, positions, charge, multiplicity):
         mol = _pyscf_mol(numbers, positions, charge, multiplicity, self.basis, self.cart)
         mf, e = self._converged_scf(mol, multiplicity)
