@@ -17,7 +17,8 @@ and, with ``--screen``, features a network could be given, as extra least-square
 ``+ diffuse`` (one joint fit: charge terms, diffuse term, offsets per (charge, multiplicity), the
 extra columns): the other shipped AIMNet2 (ωB97M-D3) as a second base, its energy difference to
 B97-3c per (charge, multiplicity), or its atomic charges per element and kind; the ridge of the
-charge-term fit; intensive terms (1/N per kind), the diffuse-orbital energy of every state, its
+charge-term fit; intensive terms (1/N per kind), size and composition terms (the number of heavy atoms, the
+element counts, per kind: self energies that differ between charge states), the diffuse-orbital energy of every state, its
 square, and the base's charges cubed. Seconds per fold draw once the bases' predictions are cached
 (``$PHAI_CACHE/aimnet_me_base``, computed on first use, ~0.05 s per state and base).
 
@@ -166,6 +167,8 @@ def main(argv=None) -> int:
         extra = {   # intensive and higher-order candidates, one block of columns each
             "+ 1/N (atoms) per (charge, multiplicity)": per_kind((1 / natoms)[:, None], kind_m),
             "+ 1/N (heavy atoms) per (charge, multiplicity)": per_kind((1 / heavy)[:, None], kind_m),
+            "+ N (heavy atoms) per (charge, multiplicity)": per_kind(heavy[:, None], kind_m),
+            "+ element counts per (charge, multiplicity)": per_kind(element_counts(data.numbers, elements), kind_m),
             "+ the diffuse-orbital energy of every state, per (charge, multiplicity)":
                 per_kind(anion_diffuse_energy(data, every_state=True)[:, None], kind_m),
             "+ its square, for the anions of closed-shell molecules": per_kind((eps ** 2)[:, None], kind_p),
