@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ def compute(store: Path, levels, processes: int) -> None:
     jobs = [(str(store), lv, n, s, states[n][s][:4]) for lv in levels for n in names for s, _ in STATES
             if not _file(store, lv, n, s).exists()]
     print(f"{len(jobs)} states to compute ({len(names)} molecules, levels {', '.join(levels)})", flush=True)
-    with Pool(processes) as pool:
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:   # no fork after importing JAX
         for k, path in enumerate(pool.imap_unordered(_job, jobs), 1):
             print(f"{k}/{len(jobs)} {path.name}", flush=True)
 
