@@ -45,7 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aimnet_me_experiment import r2
 
-from phai.physics.cdft import electronegativity, electrophilicity, hardness
+from phai.physics.cdft import (
+    cdft_indices,
+    electronegativity,
+    electrophilicity,
+    hardness,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "charge_labels" / "charge_labels.h5"
@@ -175,10 +180,7 @@ def collect(store: Path, out: Path) -> dict:
 
 def indices(e: dict) -> dict:
     """``{index: [n]}`` vertical IP, EA, χ, η, ω (eV) from ``{name: {state: E}}`` (eV)."""
-    ip = np.array([v["cation"] - v["neutral"] for v in e.values()])
-    ea = np.array([v["neutral"] - v["anion"] for v in e.values()])
-    chi, eta = electronegativity(ip, ea), hardness(ip, ea)
-    return {"ip": ip, "ea": ea, "chi": chi, "eta": eta, "omega": electrophilicity(chi, eta)}
+    return cdft_indices(*(np.array([v[s] for v in e.values()]) for s in ("cation", "neutral", "anion")))._asdict()
 
 
 def floor(label: dict, base: dict, kind: np.ndarray) -> dict:

@@ -84,6 +84,14 @@ def _check_geometry(numbers, positions) -> tuple[np.ndarray, np.ndarray]:
     return z, x
 
 
+def _checked_state(numbers, positions, charge, multiplicity) -> tuple[np.ndarray, np.ndarray]:
+    """``(numbers, positions)`` checked (:func:`_check_geometry`), and the charge and
+    multiplicity checked against their electron count (:func:`check_electrons`)."""
+    z, x = _check_geometry(numbers, positions)
+    check_electrons(z, charge, multiplicity)
+    return z, x
+
+
 class Labeller:
     """Base class: ``label(numbers, positions, charge, multiplicity) -> dict`` (see module docstring)."""
 
@@ -91,8 +99,7 @@ class Labeller:
     has_forces: bool = True
 
     def label(self, numbers, positions, charge: int = 0, multiplicity: int = 1) -> dict[str, Any]:
-        z, x = _check_geometry(numbers, positions)
-        check_electrons(z, charge, multiplicity)
+        z, x = _checked_state(numbers, positions, charge, multiplicity)
         t0 = time.perf_counter()
         out = self._compute(z, x, int(charge), int(multiplicity))
         out["seconds"] = time.perf_counter() - t0
@@ -203,8 +210,7 @@ class PySCFLabeller(Labeller):
         """The converged SCF energy alone (eV, float): no gradient and no extras, so about half
         the cost of :meth:`label` for a UKS state. The same checks and SCF (Newton fallback
         included) as :meth:`label`; :class:`LabelFailed` if it does not converge."""
-        z, x = _check_geometry(numbers, positions)
-        check_electrons(z, charge, multiplicity)
+        z, x = _checked_state(numbers, positions, charge, multiplicity)
         mol = _pyscf_mol(z, x, int(charge), int(multiplicity), self.basis, self.cart)
         return float(self._converged_scf(mol, int(multiplicity))[1]) * HARTREE_TO_EV
 
